@@ -1,0 +1,186 @@
+"""Typed configuration: a TOML file, overridden by AI_STACK_* environment variables and CLI flags."""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import platformdirs
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+ModelKind = Literal["chat", "speech"]
+
+
+class ConfigError(Exception):
+    """A configuration problem, reported as one line naming the file, the key and the problem."""
+
+    def __init__(self, source: str, key: str, problem: str) -> None:
+        self.source, self.key, self.problem = source, key, problem
+        where = f"{source}: {key}" if key else source
+        super().__init__(f"{where}: {problem}")
+
+
+class ModelSpec(BaseModel):
+    """One model the server offers."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: str = Field(min_length=1, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:\-/]*$")
+    aliases: list[str] = Field(default_factory=list)
+    kind: ModelKind = "chat"
+    engine: Literal["transformers", "fake", "piper", "kokoro-onnx"] = "transformers"
+    source: str = Field(min_length=1)
+    device: str = Field(default="auto", pattern=r"^(auto|cpu|mps|cuda(:\d+)?)$")
+    dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"
+    quantization: Literal["none", "nf4", "int8"] = "none"
+    autoload: bool = True
+    context_length: int | None = Field(default=None, ge=16)
+    description: str = ""
+    options: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _engine_fits_kind(self) -> ModelSpec:
+        speech_engines = {"piper", "kokoro-onnx"}
+        if self.kind == "chat" and self.engine in speech_engines:
+            raise ValueError(f"engine {self.engine!r} is a speech engine; set kind = \"speech\"")
+        if self.kind == "speech" and self.engine == "transformers":
+            raise ValueError("engine 'transformers' serves chat models; use 'piper' or 'kokoro-onnx'")
+        return self
+
+    @property
+    def names(self) -> list[str]:
+        """The id followed by the aliases."""
+        return [self.id, *self.aliases]
+
+
+class ServerConfig(BaseModel):
+    """Server-wide settings."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=8080, ge=0, le=65535)
+    api_key: str | None = None
+    cors_origins: list[str] = Field(default_factory=lambda: ["*"])
+    home: Path = Field(default_factory=lambda: Path(platformdirs.user_cache_dir("ai-stack")))
+    load_on_request: bool = True
+    max_body_bytes: int = Field(default=8 * 1024 * 1024, ge=1024)
+    log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
+
+    @field_validator("api_key")
+    @classmethod
+    def _empty_key_is_none(cls, value: str | None) -> str | None:
+        return value or None
+
+
+class Config(BaseModel):
+    """The whole configuration: server settings and the models on offer."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    server: ServerConfig = Field(default_factory=ServerConfig)
+    models: list[ModelSpec] = Field(default_factory=list)
+    source: str = "<defaults>"
+    base_dir: Path = Field(default_factory=Path.cwd)
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> Config:
+        seen: dict[str, str] = {}
+        for index, spec in enumerate(self.models):
+            for name in spec.names:
+                if name in seen:
+                    raise ValueError(
+                        f"models[{index}]: name {name!r} is already used by model {seen[name]!r}"
+                    )
+                seen[name] = spec.id
+        return self
+
+
+ENV_KEYS: dict[str, str] = {
+    "AI_STACK_HOST": "host",
+    "AI_STACK_PORT": "port",
+    "AI_STACK_API_KEY": "api_key",
+    "AI_STACK_HOME": "home",
+    "AI_STACK_CORS_ORIGINS": "cors_origins",
+    "AI_STACK_LOAD_ON_REQUEST": "load_on_request",
+    "AI_STACK_LOG_LEVEL": "log_level",
+}
+
+
+def default_config_path() -> Path:
+    """The config used when none is named: AI_STACK_CONFIG, the checkout's configs/, or the packaged copy."""
+    named = os.environ.get("AI_STACK_CONFIG")
+    if named:
+        return Path(named)
+    checkout = PACKAGE_DIR.parent / "configs" / "default.toml"
+    return checkout if checkout.exists() else PACKAGE_DIR / "configs" / "default.toml"
+
+
+def _key_of(loc: tuple[int | str, ...]) -> str:
+    key = ""
+    for part in loc:
+        key += f"[{part}]" if isinstance(part, int) else (f".{part}" if key else str(part))
+    return key
+
+
+def _validation_problem(exc: ValidationError) -> tuple[str, str]:
+    error = exc.errors()[0]
+    message = str(error["msg"]).removeprefix("Value error, ")
+    if error["type"] == "extra_forbidden":
+        message = "unknown key"
+    return _key_of(tuple(error["loc"])), message
+
+
+def _env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
+    overrides: dict[str, Any] = {}
+    for env, key in ENV_KEYS.items():
+        if env in environ:
+            value: Any = environ[env]
+            if key == "cors_origins":
+                value = [origin.strip() for origin in value.split(",") if origin.strip()]
+            overrides[key] = value
+    return overrides
+
+
+def load_config(
+    path: Path | None = None,
+    overrides: Mapping[str, Any] | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> Config:
+    """Read a TOML config, then apply environment and explicit (CLI) overrides; raise ConfigError."""
+    path = path or default_config_path()
+    source = str(path)
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(source, "", "file not found") from None
+    except OSError as exc:
+        raise ConfigError(source, "", f"cannot read: {exc.strerror}") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(source, "", f"not valid TOML: {exc}") from None
+    server = dict(raw.get("server", {})) if isinstance(raw.get("server", {}), dict) else raw.get("server")
+    if isinstance(server, dict):
+        env_values = _env_overrides(os.environ if environ is None else environ)
+        server.update(env_values)
+        server.update({k: v for k, v in (overrides or {}).items() if v is not None})
+        raw["server"] = server
+    try:
+        config = Config.model_validate({**raw, "source": source, "base_dir": path.resolve().parent})
+    except ValidationError as exc:
+        key, problem = _validation_problem(exc)
+        if key in ENV_KEYS.values() or key.startswith("server."):
+            env = next((e for e, k in ENV_KEYS.items() if f"server.{k}" == key), None)
+            if env and env in (os.environ if environ is None else environ):
+                key = f"{key} (from {env})"
+        raise ConfigError(source, key, problem) from None
+    return config
+
+
+def resolve_path(config: Config, value: str) -> Path:
+    """A path from the config file, relative to the file's folder, with ~ expanded."""
+    candidate = Path(value).expanduser()
+    return candidate if candidate.is_absolute() else (config.base_dir / candidate)

@@ -1,0 +1,87 @@
+"""A fake chat engine: scripted or echoed replies, word by word, for tests and demos without a model."""
+
+from __future__ import annotations
+
+import re
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from ai_stack.engines.base import Generation, Piece, Prompt, SamplingParams
+
+_WORDS = re.compile(r"\s*\S+|\s+")
+
+
+def fake_tokens(text: str) -> list[str]:
+    """Split text into the fake engine's tokens: words with their leading space."""
+    return _WORDS.findall(text)
+
+
+class FakeChatEngine:
+    """Replies with options['reply'] (or echoes the last user message), one word per token."""
+
+    device = "cpu"
+
+    def __init__(self, options: dict[str, Any]) -> None:
+        self.reply: str | None = options.get("reply")
+        self.token_delay = float(options.get("token_delay", 0.0))
+        self.context_length = int(options.get("context_length", 4096))
+        self.active = 0
+        self.cancelled = 0
+        self.finished = 0
+        self._lock = threading.Lock()
+
+    def render(self, messages: list[dict[str, Any]], template_kwargs: dict[str, Any]) -> Prompt:
+        """Render 'role: content' lines and split them into word tokens."""
+        text = "".join(f"{m['role']}: {m.get('content') or ''}\n" for m in messages) + "assistant:"
+        last_user = next((m.get("content") or "" for m in reversed(messages) if m["role"] == "user"), "")
+        return Prompt(token_ids=list(range(len(fake_tokens(text)))), text=text, extra={"last_user": last_user})
+
+    def generate(
+        self,
+        prompt: Prompt,
+        params: SamplingParams,
+        cancel: threading.Event,
+        emit: Callable[[Piece], None],
+    ) -> Generation:
+        """Emit the reply word by word, honouring max_tokens and cancel."""
+        text = self.reply if self.reply is not None else f"You said: {prompt.extra.get('last_user', '')}"
+        tokens = fake_tokens(text)
+        with self._lock:
+            self.active += 1
+        produced = 0
+        try:
+            for token in tokens:
+                if cancel.is_set():
+                    with self._lock:
+                        self.cancelled += 1
+                    return Generation("stop", produced)
+                if produced >= params.max_tokens:
+                    return Generation("length", produced)
+                if self.token_delay:
+                    cancel.wait(self.token_delay)
+                    if cancel.is_set():
+                        with self._lock:
+                            self.cancelled += 1
+                        return Generation("stop", produced)
+                produced += 1
+                emit(Piece(token))
+            return Generation("stop", produced)
+        finally:
+            with self._lock:
+                self.active -= 1
+                self.finished += 1
+
+    def close(self) -> None:
+        """Nothing to release."""
+
+
+def load_fake(options: dict[str, Any]) -> FakeChatEngine:
+    """Build a fake engine; options load_delay and fail_load simulate slow and failing loads."""
+    delay = float(options.get("load_delay", 0.0))
+    if delay:
+        time.sleep(delay)
+    if options.get("fail_load"):
+        raise RuntimeError(str(options["fail_load"]))
+    return FakeChatEngine(options)

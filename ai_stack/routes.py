@@ -1,0 +1,141 @@
+"""Thin HTTP endpoints: parse, call the serving layer, shape the response."""
+
+from __future__ import annotations
+
+import json
+from typing import Any, TypeVar
+
+from pydantic import BaseModel, ValidationError
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import BaseRoute, Route
+
+from ai_stack.errors import InvalidRequest
+from ai_stack.protocol import ChatCompletionRequest, ModelCard, ModelList
+from ai_stack.registry import ModelEntry, ModelRegistry, ModelState
+from ai_stack.serving.chat import ChatService, ClientDisconnected
+
+M = TypeVar("M", bound=BaseModel)
+
+
+async def parse_body(request: Request, schema: type[M]) -> M:
+    """Read a JSON object body and validate it; every problem is a 400 naming the parameter."""
+    raw = await request.body()
+    try:
+        data = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise InvalidRequest("We could not parse the JSON body of your request: it is not valid JSON") from None
+    if not isinstance(data, dict):
+        raise InvalidRequest("The request body must be a JSON object")
+    try:
+        return schema.model_validate(data)
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        param = ".".join(str(part) for part in error["loc"]) or None
+        message = str(error["msg"]).removeprefix("Value error, ")
+        if error["type"] == "missing":
+            message = f"Missing required parameter: '{param}'"
+        elif param:
+            message = f"Invalid value for '{param}': {message}"
+        raise InvalidRequest(message, param=param, code="invalid_value") from None
+
+
+def model_card(entry: ModelEntry) -> ModelCard:
+    """The /v1/models view of one registry entry."""
+    engine = entry.engine
+    return ModelCard(
+        id=entry.spec.id,
+        created=entry.created,
+        kind=entry.spec.kind,
+        engine=entry.spec.engine,
+        state=entry.state.value,
+        aliases=entry.spec.aliases,
+        error=entry.error,
+        context_length=getattr(engine, "context_length", None),
+        device=getattr(engine, "device", None),
+    )
+
+
+def _registry(request: Request) -> ModelRegistry:
+    registry: ModelRegistry = request.app.state.registry
+    return registry
+
+
+async def list_models(request: Request) -> Response:
+    """GET /v1/models: every configured model with its state."""
+    cards = [model_card(entry) for entry in _registry(request).entries.values()]
+    return JSONResponse(ModelList(data=cards).model_dump())
+
+
+async def get_model(request: Request) -> Response:
+    """GET /v1/models/{id}."""
+    return JSONResponse(model_card(_registry(request).lookup(request.path_params["model_id"])).model_dump())
+
+
+async def load_model(request: Request) -> Response:
+    """POST /v1/models/{id}/load: start loading; 202 while loading, 200 when already ready."""
+    entry = _registry(request).load(request.path_params["model_id"])
+    status = 200 if entry.state == ModelState.READY else 202
+    return JSONResponse(model_card(entry).model_dump(), status_code=status)
+
+
+async def unload_model(request: Request) -> Response:
+    """POST /v1/models/{id}/unload: free the model's memory."""
+    entry = await _registry(request).unload(request.path_params["model_id"])
+    return JSONResponse(model_card(entry).model_dump())
+
+
+async def chat_completions(request: Request) -> Response:
+    """POST /v1/chat/completions, full or streamed."""
+    body = await parse_body(request, ChatCompletionRequest)
+    service: ChatService = request.app.state.chat
+    chat = await service.prepare(body)
+    if body.stream:
+        include_usage = bool(body.stream_options and body.stream_options.include_usage)
+        return StreamingResponse(
+            service.stream(chat, include_usage),
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        )
+
+    async def wait_disconnect() -> None:
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+
+    try:
+        completion = await service.complete(chat, wait_disconnect)
+    except ClientDisconnected:
+        return Response(status_code=499)
+    return JSONResponse(completion.model_dump())
+
+
+async def health(request: Request) -> Response:
+    """GET /health: liveness, always fast."""
+    return JSONResponse({"status": "ok"})
+
+
+async def readiness(request: Request) -> Response:
+    """GET /health/ready: 503 while any model loads; each model's state and error."""
+    entries = list(_registry(request).entries.values())
+    models: list[dict[str, Any]] = [
+        {"id": e.spec.id, "kind": e.spec.kind, "state": e.state.value, "error": e.error} for e in entries
+    ]
+    if any(e.state == ModelState.LOADING for e in entries):
+        status, code = "loading", 503
+    elif all(e.state == ModelState.READY for e in entries if e.spec.autoload):
+        status, code = "ok", 200
+    else:
+        status, code = "degraded", 200
+    headers = {"Retry-After": "5"} if code == 503 else None
+    return JSONResponse({"status": status, "models": models}, status_code=code, headers=headers)
+
+
+def api_routes() -> list[BaseRoute]:
+    """The /v1 routes."""
+    return [
+        Route("/models", list_models, methods=["GET"]),
+        Route("/models/{model_id:path}/load", load_model, methods=["POST"]),
+        Route("/models/{model_id:path}/unload", unload_model, methods=["POST"]),
+        Route("/models/{model_id:path}", get_model, methods=["GET"]),
+        Route("/chat/completions", chat_completions, methods=["POST"]),
+    ]

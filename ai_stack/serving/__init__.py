@@ -1,0 +1,1 @@
+"""Serving logic: protocol in, engine calls, protocol out."""
