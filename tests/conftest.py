@@ -1,0 +1,107 @@
+"""Shared fixtures: configs with fake models, an in-process client, a real uvicorn server in a thread."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import uvicorn
+from starlette.applications import Starlette
+from starlette.testclient import TestClient
+
+from ai_stack.app import create_app
+from ai_stack.config import Config
+
+FAKE: dict[str, Any] = {"id": "fake-chat", "aliases": ["fake"], "engine": "fake", "source": "fake:"}
+
+
+def make_config(tmp_path: Path, models: list[dict[str, Any]], **server: Any) -> Config:
+    """A config with its home under tmp_path."""
+    return Config.model_validate(
+        {"server": {"home": str(tmp_path / "home"), **server}, "models": models, "base_dir": str(tmp_path)}
+    )
+
+
+def wait_for(predicate: Callable[[], bool], timeout: float = 10.0, interval: float = 0.02) -> bool:
+    """Poll until predicate() holds or the timeout passes; return its last value."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(interval)
+    return predicate()
+
+
+def wait_ready(client: TestClient | httpx.Client, model: str, timeout: float = 30.0) -> None:
+    """Wait until a model reports ready in /v1/models."""
+
+    def ready() -> bool:
+        data = client.get("/v1/models").json()["data"]
+        return any(m["id"] == model and m["state"] == "ready" for m in data)
+
+    assert wait_for(ready, timeout), client.get("/v1/models").json()
+
+
+@pytest.fixture
+def app_client(tmp_path: Path) -> Iterator[Callable[..., TestClient]]:
+    """Factory: a TestClient (lifespan running) for a config of the given models and server settings."""
+    clients: list[TestClient] = []
+
+    def build(models: list[dict[str, Any]] | None = None, **server: Any) -> TestClient:
+        client = TestClient(create_app(make_config(tmp_path, models if models is not None else [FAKE], **server)))
+        client.__enter__()
+        clients.append(client)
+        return client
+
+    yield build
+    for client in clients:
+        client.__exit__(None, None, None)
+
+
+def free_port() -> int:
+    """A TCP port that is free on the loopback interface now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class LiveServer:
+    """A real uvicorn server on loopback, running an app in a background thread."""
+
+    def __init__(self, app: Starlette) -> None:
+        self.app = app
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning"))
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    def __enter__(self) -> LiveServer:
+        self.thread.start()
+        assert wait_for(lambda: self.server.started, 10), "server did not start"
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.should_exit = True
+        self.thread.join(10)
+
+
+@pytest.fixture
+def live_server(tmp_path: Path) -> Iterator[Callable[..., LiveServer]]:
+    """Factory: a running LiveServer for a config of the given models."""
+    servers: list[LiveServer] = []
+
+    def build(models: list[dict[str, Any]] | None = None, **server: Any) -> LiveServer:
+        live = LiveServer(create_app(make_config(tmp_path, models if models is not None else [FAKE], **server)))
+        live.__enter__()
+        servers.append(live)
+        return live
+
+    yield build
+    for live in servers:
+        live.__exit__()
