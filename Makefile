@@ -1,0 +1,33 @@
+# ai-stack: `make install`, then `make serve`; `make test` runs lint, types and the tests.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(VENV)/bin/pip
+
+.PHONY: install serve test lint typecheck pytest clean
+
+install:
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	# torch first, pinned: an open range would pull a multi-GB CUDA build.
+	$(PIP) install -q torch==2.13.0
+	$(PIP) install -q -e '.[dev]'
+	# Assemble and convert the embedded default model once, so `make serve` starts in seconds.
+	$(VENV)/bin/ai-stack prepare
+
+serve:
+	$(VENV)/bin/ai-stack serve
+
+lint:
+	$(VENV)/bin/ruff check ai_stack tests
+
+typecheck:
+	$(VENV)/bin/mypy
+
+pytest:
+	$(PY) -m pytest -q -p no:cacheprovider
+
+test: lint typecheck pytest
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
