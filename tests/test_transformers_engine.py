@@ -1,0 +1,185 @@
+"""The transformers engine on tiny random Qwen3, Llama and Mistral models: load, template, generate, stream."""
+
+from __future__ import annotations
+
+import json
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from transformers import AutoTokenizer
+
+from ai_stack.engines.base import Piece, SamplingParams
+from ai_stack.engines.transformers import OpenAIPenalties, _PieceStreamer, load_transformers, pick_dtype
+from ai_stack.serving.chat import StopMatcher
+from tests.conftest import wait_for, wait_ready
+from tests.tiny_models import build_tiny_model
+
+ARCHS = ["qwen3", "llama", "mistral"]
+MESSAGES = [{"role": "system", "content": "You are terse."}, {"role": "user", "content": "Say hello to the world"}]
+
+
+@pytest.fixture(scope="module")
+def tiny_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("tiny")
+    return {arch: build_tiny_model(arch, root / arch) for arch in ARCHS}
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_engine_renders_the_models_template_and_generates(tiny_dirs: dict[str, Path], arch: str) -> None:
+    engine = load_transformers(str(tiny_dirs[arch]), dtype="float32")
+    assert type(engine.model).__name__ == {"qwen3": "Qwen3ForCausalLM", "llama": "LlamaForCausalLM",
+                                           "mistral": "MistralForCausalLM"}[arch]
+    assert engine.context_length == 2048
+    prompt = engine.render(MESSAGES, {})
+    tokenizer = AutoTokenizer.from_pretrained(str(tiny_dirs[arch]))
+    expected = tokenizer.apply_chat_template(MESSAGES, add_generation_prompt=True, tokenize=False)
+    assert prompt.text == expected
+    assert prompt.token_ids == tokenizer(expected, add_special_tokens=False)["input_ids"]
+    pieces: list[Piece] = []
+    params = SamplingParams(max_tokens=8, temperature=0.0)
+    result = engine.generate(prompt, params, threading.Event(), pieces.append)
+    assert result.completion_tokens == sum(p.tokens for p in pieces)
+    assert result.finish_reason in ("length", "stop")
+    again: list[Piece] = []
+    engine.generate(prompt, params, threading.Event(), again.append)
+    assert [p.text for p in again] == [p.text for p in pieces]  # greedy is deterministic
+    engine.close()
+
+
+def test_cancel_stops_generation_at_the_next_token(tiny_dirs: dict[str, Path]) -> None:
+    engine = load_transformers(str(tiny_dirs["llama"]), dtype="float32")
+    cancel = threading.Event()
+    seen: list[Piece] = []
+
+    def emit(piece: Piece) -> None:
+        seen.append(piece)
+        if len(seen) == 3:
+            cancel.set()
+
+    # Suppress EOS so only max_tokens or cancel can end it.
+    prompt = engine.render(MESSAGES, {})
+    engine.eos_ids = set()
+    result = engine.generate(prompt, SamplingParams(max_tokens=200, temperature=0.0), cancel, emit)
+    assert result.finish_reason == "stop"
+    assert result.completion_tokens <= 5
+
+
+def test_qwen3_template_kwargs_reach_the_template(tiny_dirs: dict[str, Path]) -> None:
+    engine = load_transformers(str(tiny_dirs["qwen3"]), dtype="float32")
+    off = engine.render(MESSAGES, {"enable_thinking": False})
+    assert off.text.endswith("<think>\n\n</think>\n\n")
+    tools = [{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}]
+    assert "get_weather" in engine.render(MESSAGES, {"tools": tools}).text
+
+
+def test_mistral_template_refusal_is_a_value_error(tiny_dirs: dict[str, Path]) -> None:
+    engine = load_transformers(str(tiny_dirs["mistral"]), dtype="float32")
+    with pytest.raises(ValueError, match="chat template refused"):
+        engine.render([{"role": "user", "content": "a"}, {"role": "user", "content": "b"}], {})
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_tiny_models_through_the_app_full_and_streamed(app_client: Any, tiny_dirs: dict[str, Path], arch: str) -> None:
+    client = app_client([{"id": arch, "source": str(tiny_dirs[arch]), "dtype": "float32"}])
+    wait_ready(client, arch, timeout=60)
+    body = {"model": arch, "messages": MESSAGES, "temperature": 0, "max_tokens": 12}
+    full = client.post("/v1/chat/completions", json=body).json()
+    assert full["object"] == "chat.completion"
+    choice = full["choices"][0]
+    events = client.post("/v1/chat/completions", json={**body, "stream": True,
+                                                        "stream_options": {"include_usage": True}}).text
+    chunks = [json.loads(b[6:]) for b in events.split("\n\n") if b.startswith("data: {")]
+    streamed = "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks if c["choices"])
+    assert streamed == choice["message"]["content"]
+    assert chunks[-1]["usage"] == full["usage"]
+    finish = [c["choices"][0]["finish_reason"] for c in chunks if c["choices"] and c["choices"][0]["finish_reason"]]
+    assert finish == [choice["finish_reason"]]
+    tokenizer = AutoTokenizer.from_pretrained(str(tiny_dirs[arch]))
+    rendered = tokenizer.apply_chat_template(MESSAGES, add_generation_prompt=True, tokenize=False)
+    assert full["usage"]["prompt_tokens"] == len(tokenizer(rendered, add_special_tokens=False)["input_ids"])
+    if choice["finish_reason"] == "length":
+        assert full["usage"]["completion_tokens"] == 12
+
+
+def test_sampling_settings_are_accepted(app_client: Any, tiny_dirs: dict[str, Path]) -> None:
+    client = app_client([{"id": "q", "source": str(tiny_dirs["qwen3"]), "dtype": "float32"}])
+    wait_ready(client, "q", timeout=60)
+    body = {"model": "q", "messages": MESSAGES, "max_tokens": 6, "temperature": 0.8, "top_p": 0.9, "seed": 7,
+            "presence_penalty": 0.5, "frequency_penalty": 0.5, "top_k": 20, "min_p": 0.05, "repetition_penalty": 1.1}
+    first = client.post("/v1/chat/completions", json=body)
+    second = client.post("/v1/chat/completions", json=body)
+    assert first.status_code == 200
+    assert first.json()["choices"][0]["message"] == second.json()["choices"][0]["message"]  # same seed
+
+
+def test_nf4_without_cuda_fails_with_a_clear_reason(app_client: Any, tiny_dirs: dict[str, Path]) -> None:
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA; the refusal path is for CPU-only machines")
+    client = app_client([{"id": "q4", "source": str(tiny_dirs["qwen3"]), "quantization": "nf4"}])
+    assert wait_for(lambda: client.get("/v1/models").json()["data"][0]["state"] == "failed")
+    error = client.get("/v1/models").json()["data"][0]["error"]
+    assert "needs an NVIDIA GPU with CUDA" in error and 'quantization = "none"' in error
+
+
+def test_unreachable_hub_id_fails_while_others_serve(
+    app_client: Any, tiny_dirs: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    client = app_client([{"id": "hub", "source": "hf:Qwen/Qwen3-8B"},
+                         {"id": "tiny", "source": str(tiny_dirs["llama"]), "dtype": "float32"}])
+    wait_ready(client, "tiny", timeout=60)
+    cards = {m["id"]: m for m in client.get("/v1/models").json()["data"]}
+    assert cards["hub"]["state"] == "failed" and "Qwen/Qwen3-8B" in cards["hub"]["error"]
+    ok = client.post("/v1/chat/completions", json={"model": "tiny", "messages": MESSAGES, "max_tokens": 2})
+    assert ok.status_code == 200
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs an NVIDIA GPU with CUDA (bitsandbytes 4-bit)")
+def test_nf4_loads_on_cuda(tiny_dirs: dict[str, Path]) -> None:
+    engine = load_transformers(str(tiny_dirs["qwen3"]), device="cuda", quantization="nf4")
+    assert engine.device == "cuda"
+    pieces: list[Piece] = []
+    result = engine.generate(engine.render(MESSAGES, {}), SamplingParams(max_tokens=4, temperature=0.0),
+                             threading.Event(), pieces.append)
+    assert result.completion_tokens >= 1
+
+
+def test_streamer_holds_back_incomplete_characters() -> None:
+    class ByteTokenizer:
+        def decode(self, ids: list[int], **kwargs: Any) -> str:
+            return bytes(ids).decode("utf-8", errors="replace")
+
+    pieces: list[Piece] = []
+    streamer = _PieceStreamer(ByteTokenizer(), {0}, pieces.append)
+    streamer.put(torch.tensor([[1, 2]]))  # the prompt is skipped
+    for byte in "héllo €".encode():
+        streamer.put(torch.tensor([byte]))
+    streamer.put(torch.tensor([0]))  # EOS is not text
+    streamer.end()
+    assert "".join(p.text for p in pieces) == "héllo €"
+    assert all("\ufffd" not in p.text for p in pieces)
+    assert sum(p.tokens for p in pieces) == len("héllo €".encode())
+
+
+def test_stop_matcher_holds_back_possible_stop_prefixes() -> None:
+    matcher = StopMatcher(["END", "</s>"])
+    assert matcher.feed("hello E") == ("hello ", False)
+    assert matcher.feed("N") == ("", False)
+    assert matcher.feed("X more <") == ("ENX more ", False)
+    assert matcher.feed("/s> tail") == ("", True)
+    assert StopMatcher([]).feed("abc") == ("abc", False)
+
+
+def test_openai_penalties_lower_repeated_tokens() -> None:
+    processor = OpenAIPenalties(prompt_length=1, presence=1.0, frequency=0.5)
+    ids = torch.tensor([[9, 2, 2, 3]])
+    scores = processor(ids, torch.zeros(1, 5))  # type: ignore[arg-type]
+    assert scores[0].tolist() == [0.0, 0.0, -2.0, -1.5, 0.0]
+
+
+def test_auto_dtype_on_cpu() -> None:
+    assert pick_dtype("auto", "cpu") in (torch.bfloat16, torch.float32)
+    assert pick_dtype("float32", "cpu") == torch.float32
