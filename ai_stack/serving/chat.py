@@ -255,8 +255,12 @@ class ChatService:
         ident, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
 
         def chunk(choices: list[ChunkChoice], usage: Usage | None = None) -> str:
-            body = ChatCompletionChunk(id=ident, created=created, model=chat.model_id, choices=choices, usage=usage)
-            return f"data: {body.model_dump_json()}\n\n"
+            body = ChatCompletionChunk(
+                id=ident, created=created, model=chat.model_id, choices=choices, usage=usage
+            ).model_dump()
+            for choice in body["choices"]:  # a delta carries only the fields it sets, as OpenAI's do
+                choice["delta"] = {k: v for k, v in choice["delta"].items() if v is not None}
+            return f"data: {json.dumps(body, ensure_ascii=False)}\n\n"
 
         texts = generate_text(chat.engine, chat.prompt, chat.params, chat.stops, cancel, result)
         try:
