@@ -25,10 +25,14 @@ from ai_stack.errors import APIError, AuthenticationFailed, PayloadTooLarge, err
 from ai_stack.registry import Loader, ModelRegistry
 from ai_stack.routes import api_routes, health, readiness
 from ai_stack.serving.chat import ChatService
+from ai_stack.serving.speech import SpeechService
 
 log = logging.getLogger(__name__)
 
-_STATUS_TYPES = {404: ("not_found", "invalid_request_error"), 405: ("method_not_allowed", "invalid_request_error")}
+_STATUS_TYPES = {
+    404: ("not_found", "invalid_request_error"),
+    405: ("method_not_allowed", "invalid_request_error"),
+}
 
 
 def _json_bytes(body: dict[str, Any]) -> bytes:
@@ -86,8 +90,12 @@ class GatewayMiddleware:
             log.exception("unhandled error on %s %s", scope["method"], scope["path"])
             if started:
                 raise
-            body = error_body("The server had an error while processing your request", "server_error",
-                              None, "internal_error")
+            body = error_body(
+                "The server had an error while processing your request",
+                "server_error",
+                None,
+                "internal_error",
+            )
             await _send_json(send, 500, body, {"x-should-retry": "false", **extra})
 
     def _limited(self, receive: Receive) -> Receive:
@@ -99,7 +107,9 @@ class GatewayMiddleware:
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > self.max_body_bytes:
-                    raise PayloadTooLarge(f"The request body is over the limit of {self.max_body_bytes} bytes")
+                    raise PayloadTooLarge(
+                        f"The request body is over the limit of {self.max_body_bytes} bytes"
+                    )
             return message
 
         return wrapped
@@ -113,10 +123,13 @@ async def _api_error(request: Request, exc: Exception) -> Response:
 async def _http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     code, type_ = _STATUS_TYPES.get(exc.status_code, ("http_error", "invalid_request_error"))
-    message = {404: f"No route for {request.method} {request.url.path}",
-               405: f"Method {request.method} is not allowed on {request.url.path}"}.get(
-        exc.status_code, str(exc.detail))
-    return JSONResponse(error_body(message, type_, None, code), status_code=exc.status_code, headers=exc.headers)
+    message = {
+        404: f"No route for {request.method} {request.url.path}",
+        405: f"Method {request.method} is not allowed on {request.url.path}",
+    }.get(exc.status_code, str(exc.detail))
+    return JSONResponse(
+        error_body(message, type_, None, code), status_code=exc.status_code, headers=exc.headers
+    )
 
 
 def create_app(config: Config, loader: Loader = load_engine) -> Starlette:
@@ -145,7 +158,9 @@ def create_app(config: Config, loader: Loader = load_engine) -> Starlette:
                 allow_headers=["*"],
                 expose_headers=["x-request-id", "retry-after"],
             ),
-            Middleware(GatewayMiddleware, api_key=config.server.api_key, max_body_bytes=config.server.max_body_bytes),
+            Middleware(
+                GatewayMiddleware, api_key=config.server.api_key, max_body_bytes=config.server.max_body_bytes
+            ),
         ],
         exception_handlers={APIError: _api_error, HTTPException: _http_error},
         lifespan=lifespan,
@@ -153,4 +168,5 @@ def create_app(config: Config, loader: Loader = load_engine) -> Starlette:
     app.state.config = config
     app.state.registry = registry
     app.state.chat = ChatService(registry)
+    app.state.speech = SpeechService(registry)
     return app

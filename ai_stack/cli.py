@@ -39,8 +39,12 @@ def main() -> None:
 @config_option
 @click.option("--host", default=None, help="Address to bind (default 127.0.0.1; env AI_STACK_HOST).")
 @click.option("--port", type=int, default=None, help="Port to bind (default 8080; env AI_STACK_PORT).")
-@click.option("--api-key", default=None, help="Require 'Authorization: Bearer KEY' on /v1 (env AI_STACK_API_KEY).")
-@click.option("--log-level", type=click.Choice(["critical", "error", "warning", "info", "debug"]), default=None)
+@click.option(
+    "--api-key", default=None, help="Require 'Authorization: Bearer KEY' on /v1 (env AI_STACK_API_KEY)."
+)
+@click.option(
+    "--log-level", type=click.Choice(["critical", "error", "warning", "info", "debug"]), default=None
+)
 def serve(
     config_path: Path | None, host: str | None, port: int | None, api_key: str | None, log_level: str | None
 ) -> None:
@@ -75,12 +79,17 @@ def models(config_path: Path | None) -> None:
     click.echo(f"config: {config.source}\nhome:   {config.server.home}")
     for spec in config.models:
         try:
-            state = cache_state(parse_source(spec.source, config.base_dir), config.server.home)
+            if spec.engine == "transformers":
+                state = cache_state(parse_source(spec.source, config.base_dir), config.server.home)
+            else:
+                state = "packaged voice/model" if spec.source.startswith("embedded:") else "local files"
         except SourceError as exc:
             state = f"error: {exc}"
         aliases = f" (aliases: {', '.join(spec.aliases)})" if spec.aliases else ""
-        click.echo(f"- {spec.id}{aliases}\n    kind {spec.kind}, engine {spec.engine}, source {spec.source}\n"
-                   f"    {state}")
+        click.echo(
+            f"- {spec.id}{aliases}\n    kind {spec.kind}, engine {spec.engine}, source {spec.source}\n"
+            f"    {state}"
+        )
 
 
 @main.command()

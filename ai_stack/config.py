@@ -46,7 +46,7 @@ class ModelSpec(BaseModel):
     def _engine_fits_kind(self) -> ModelSpec:
         speech_engines = {"piper", "kokoro-onnx"}
         if self.kind == "chat" and self.engine in speech_engines:
-            raise ValueError(f"engine {self.engine!r} is a speech engine; set kind = \"speech\"")
+            raise ValueError(f'engine {self.engine!r} is a speech engine; set kind = "speech"')
         if self.kind == "speech" and self.engine == "transformers":
             raise ValueError("engine 'transformers' serves chat models; use 'piper' or 'kokoro-onnx'")
         return self

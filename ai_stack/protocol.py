@@ -177,3 +177,38 @@ class ModelList(BaseModel):
 
     object: Literal["list"] = "list"
     data: list[ModelCard]
+
+
+# ---------------------------------------------------------------------------------------------- speech
+
+SPEECH_INPUT_LIMIT = 4096  # characters, as OpenAI's /v1/audio/speech
+
+
+class VoiceRef(_Lenient):
+    """A voice given as {"id": ...} (OpenAI's custom-voice form)."""
+
+    id: str = Field(min_length=1)
+
+
+class SpeechRequest(_Lenient):
+    """POST /v1/audio/speech body (OpenAI "Create speech"); instructions are accepted and ignored."""
+
+    model: str = Field(min_length=1)
+    input: str = Field(min_length=1, max_length=SPEECH_INPUT_LIMIT)
+    voice: str | VoiceRef
+    response_format: Literal["wav", "pcm", "flac", "mp3", "opus", "aac"] = "mp3"
+    speed: float = Field(default=1.0, ge=0.25, le=4.0)
+    stream_format: Literal["audio", "sse"] = "audio"
+    instructions: str | None = None
+
+    @field_validator("input")
+    @classmethod
+    def _input_has_text(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("input must contain text to speak")
+        return value
+
+    @property
+    def voice_id(self) -> str:
+        """The voice name, whichever form it was sent in."""
+        return self.voice if isinstance(self.voice, str) else self.voice.id

@@ -20,7 +20,7 @@ RETRY_AFTER_SECONDS = 5
 Loader = Callable[[ModelSpec, Config], Any]
 
 
-class ModelState(str, enum.Enum):
+class ModelState(enum.StrEnum):
     """Lifecycle of a model in the registry."""
 
     UNLOADED = "unloaded"
@@ -99,7 +99,9 @@ class ModelRegistry:
         """Drop a model's engine; a loading model cannot be unloaded until its load ends."""
         entry = self.lookup(name)
         if entry.state == ModelState.LOADING:
-            raise Conflict(f"The model '{entry.spec.id}' is loading; unload it once it is ready", param="model")
+            raise Conflict(
+                f"The model '{entry.spec.id}' is loading; unload it once it is ready", param="model"
+            )
         engine, entry.engine = entry.engine, None
         entry.state, entry.error = ModelState.UNLOADED, None
         if engine is not None:

@@ -11,9 +11,10 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import BaseRoute, Route
 
 from ai_stack.errors import InvalidRequest
-from ai_stack.protocol import ChatCompletionRequest, ModelCard, ModelList
+from ai_stack.protocol import ChatCompletionRequest, ModelCard, ModelList, SpeechRequest
 from ai_stack.registry import ModelEntry, ModelRegistry, ModelState
 from ai_stack.serving.chat import ChatService, ClientDisconnected
+from ai_stack.serving.speech import SpeechService
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -24,7 +25,9 @@ async def parse_body(request: Request, schema: type[M]) -> M:
     try:
         data = json.loads(raw)
     except (json.JSONDecodeError, UnicodeDecodeError):
-        raise InvalidRequest("We could not parse the JSON body of your request: it is not valid JSON") from None
+        raise InvalidRequest(
+            "We could not parse the JSON body of your request: it is not valid JSON"
+        ) from None
     if not isinstance(data, dict):
         raise InvalidRequest("The request body must be a JSON object")
     try:
@@ -130,6 +133,57 @@ async def readiness(request: Request) -> Response:
     return JSONResponse({"status": status, "models": models}, status_code=code, headers=headers)
 
 
+async def audio_speech(request: Request) -> Response:
+    """POST /v1/audio/speech: one continuous audio file streamed as it is made, or SSE deltas."""
+    body = await parse_body(request, SpeechRequest)
+    service: SpeechService = request.app.state.speech
+    speech = service.prepare(body)
+    content = await service.start(speech)
+    headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+    return StreamingResponse(content, media_type=speech.media_type, headers=headers)
+
+
+async def audio_voices(request: Request) -> Response:
+    """GET /v1/audio/voices[?model=ID]: the voices of every speech model (or one)."""
+    registry = _registry(request)
+    name = request.query_params.get("model")
+    entries = [registry.lookup(name)] if name else list(registry.entries.values())
+    voices: list[dict[str, Any]] = []
+    for entry in entries:
+        if entry.spec.kind != "speech":
+            continue
+        if entry.state == ModelState.READY and entry.engine is not None:
+            voices += [
+                {
+                    "id": v.id,
+                    "name": v.name,
+                    "model": entry.spec.id,
+                    "language": v.language,
+                    "description": v.description,
+                    "state": entry.state.value,
+                }
+                for v in entry.engine.voices()
+            ]
+            continue
+        # Not loaded: its voices are unknown until it loads; name the ones its config mentions.
+        options = entry.spec.options
+        voice_map = options.get("voice_map") if isinstance(options.get("voice_map"), dict) else {}
+        named = [options.get("default_voice"), *(voice_map or {}).values()]
+        for voice in dict.fromkeys(str(v) for v in named if v):
+            description = f"voice of {entry.spec.id} (listed in full once the model is loaded)"
+            voices.append(
+                {
+                    "id": voice,
+                    "name": voice,
+                    "model": entry.spec.id,
+                    "language": None,
+                    "description": description,
+                    "state": entry.state.value,
+                }
+            )
+    return JSONResponse({"voices": voices})
+
+
 def api_routes() -> list[BaseRoute]:
     """The /v1 routes."""
     return [
@@ -138,4 +192,6 @@ def api_routes() -> list[BaseRoute]:
         Route("/models/{model_id:path}/unload", unload_model, methods=["POST"]),
         Route("/models/{model_id:path}", get_model, methods=["GET"]),
         Route("/chat/completions", chat_completions, methods=["POST"]),
+        Route("/audio/speech", audio_speech, methods=["POST"]),
+        Route("/audio/voices", audio_voices, methods=["GET"]),
     ]

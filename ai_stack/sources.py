@@ -140,9 +140,16 @@ def assemble_embedded(model: EmbeddedModel, home: Path, progress: bool = True) -
         digest = hashlib.sha256()
         fd, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=".assemble-")
         try:
-            with os.fdopen(fd, "wb") as out, tqdm(
-                total=model.size, unit="B", unit_scale=True, desc=f"assemble {model.name}", disable=not progress
-            ) as bar:
+            with (
+                os.fdopen(fd, "wb") as out,
+                tqdm(
+                    total=model.size,
+                    unit="B",
+                    unit_scale=True,
+                    desc=f"assemble {model.name}",
+                    disable=not progress,
+                ) as bar,
+            ):
                 for part in parts:
                     with part.open("rb") as handle:
                         while chunk := handle.read(8 << 20):
@@ -203,14 +210,19 @@ def convert_gguf(gguf: Path, target: Path, progress: bool = True) -> Path:
         )
         steps.update(1)
         # The weights are plain tensors now; drop the GGUF quantizer marker so save_pretrained accepts them.
-        model.hf_quantizer = None
+        model.hf_quantizer = None  # type: ignore[assignment]
         if hasattr(model.config, "quantization_config"):
             del model.config.quantization_config
         tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}-"))
         try:
             model.save_pretrained(tmp, safe_serialization=True)
             tokenizer.save_pretrained(tmp)
-            marker = {"format": CACHE_FORMAT, "source": str(gguf), "dtype": "bfloat16", "created": time.time()}
+            marker = {
+                "format": CACHE_FORMAT,
+                "source": str(gguf),
+                "dtype": "bfloat16",
+                "created": time.time(),
+            }
             (tmp / CACHE_MARKER).write_text(json.dumps(marker, indent=2))
             if target.exists():
                 shutil.rmtree(target)
@@ -249,7 +261,11 @@ def cache_state(source: Source, home: Path) -> str:
     try:
         if source.kind in ("embedded", "gguf"):
             folder = converted_dir(source, home)
-            return f"converted ({folder})" if is_converted(folder) else "not converted yet (run `ai-stack prepare`)"
+            return (
+                f"converted ({folder})"
+                if is_converted(folder)
+                else "not converted yet (run `ai-stack prepare`)"
+            )
         if source.kind == "folder":
             return "local folder" if source.path.is_dir() else f"missing folder {source.path}"
         if source.kind == "hub":

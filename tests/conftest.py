@@ -54,7 +54,9 @@ def app_client(tmp_path: Path) -> Iterator[Callable[..., TestClient]]:
     clients: list[TestClient] = []
 
     def build(models: list[dict[str, Any]] | None = None, **server: Any) -> TestClient:
-        client = TestClient(create_app(make_config(tmp_path, models if models is not None else [FAKE], **server)))
+        client = TestClient(
+            create_app(make_config(tmp_path, models if models is not None else [FAKE], **server))
+        )
         client.__enter__()
         clients.append(client)
         return client
@@ -78,7 +80,9 @@ class LiveServer:
         self.app = app
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning"))
+        self.server = uvicorn.Server(
+            uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning")
+        )
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 
     def __enter__(self) -> LiveServer:
@@ -97,7 +101,9 @@ def live_server(tmp_path: Path) -> Iterator[Callable[..., LiveServer]]:
     servers: list[LiveServer] = []
 
     def build(models: list[dict[str, Any]] | None = None, **server: Any) -> LiveServer:
-        live = LiveServer(create_app(make_config(tmp_path, models if models is not None else [FAKE], **server)))
+        live = LiveServer(
+            create_app(make_config(tmp_path, models if models is not None else [FAKE], **server))
+        )
         live.__enter__()
         servers.append(live)
         return live

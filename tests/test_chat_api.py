@@ -48,7 +48,11 @@ def test_full_response_has_openai_shape_and_usage(app_client: Any) -> None:
         "logprobs": None,
     }
     prompt_tokens = len(fake_tokens("user: hello there\nassistant:"))
-    assert body["usage"] == {"prompt_tokens": prompt_tokens, "completion_tokens": 4, "total_tokens": prompt_tokens + 4}
+    assert body["usage"] == {
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": 4,
+        "total_tokens": prompt_tokens + 4,
+    }
 
 
 def test_alias_routes_to_the_model_and_reports_its_id(app_client: Any) -> None:

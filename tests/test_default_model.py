@@ -24,7 +24,7 @@ FRANCE = [{"role": "user", "content": "What is the capital of France? Answer in 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """`ai-stack serve` on a free port with only the default chat model (the cache `make install` prepared)."""
+    """`ai-stack serve` on a free port with the default chat model only (cached by `make install`)."""
     default = load_config(default_config_path())
     spec = next(s for s in default.models if s.id == MODEL)
     config = tmp_path_factory.mktemp("serve") / "chat.toml"
@@ -36,7 +36,8 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     log = (config.parent / "serve.log").open("w")
     proc = subprocess.Popen(
         [sys.executable, "-m", "ai_stack", "serve", "--config", str(config), "--port", str(port)],
-        stdout=log, stderr=subprocess.STDOUT,
+        stdout=log,
+        stderr=subprocess.STDOUT,
     )
     url = f"http://127.0.0.1:{port}"
     try:
@@ -72,20 +73,34 @@ def test_capital_of_france(client: openai.OpenAI) -> None:
 
 def test_streamed_answer_equals_full_answer_and_usage_is_right(client: openai.OpenAI) -> None:
     messages = [{"role": "user", "content": "Name three primary colours, comma separated."}]
-    full = client.chat.completions.create(model="default", messages=messages, temperature=0,  # type: ignore[arg-type]
-                                          max_tokens=40)
-    stream = client.chat.completions.create(model="default", messages=messages, temperature=0,  # type: ignore[arg-type]
-                                            max_tokens=40, stream=True, stream_options={"include_usage": True})
+    full = client.chat.completions.create(
+        model="default",
+        messages=messages,
+        temperature=0,  # type: ignore[arg-type]
+        max_tokens=40,
+    )
+    stream = client.chat.completions.create(
+        model="default",
+        messages=messages,
+        temperature=0,  # type: ignore[arg-type]
+        max_tokens=40,
+        stream=True,
+        stream_options={"include_usage": True},
+    )
     chunks = list(stream)
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert text == full.choices[0].message.content
     assert chunks[-1].usage is not None and full.usage is not None
     assert chunks[-1].usage.model_dump() == full.usage.model_dump()
-    folder = converted_dir(parse_source(f"embedded:{MODEL}", Path.cwd()), load_config(default_config_path()).server.home)
+    folder = converted_dir(
+        parse_source(f"embedded:{MODEL}", Path.cwd()), load_config(default_config_path()).server.home
+    )
     tokenizer = AutoTokenizer.from_pretrained(str(folder))
     prompt = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
     assert full.usage.prompt_tokens == len(tokenizer(prompt, add_special_tokens=False)["input_ids"])
-    content_tokens = len(tokenizer(full.choices[0].message.content or "", add_special_tokens=False)["input_ids"])
+    content_tokens = len(
+        tokenizer(full.choices[0].message.content or "", add_special_tokens=False)["input_ids"]
+    )
     assert abs(full.usage.completion_tokens - content_tokens) <= 1
     assert full.usage.total_tokens == full.usage.prompt_tokens + full.usage.completion_tokens
 

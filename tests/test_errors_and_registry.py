@@ -55,11 +55,15 @@ def test_unknown_model_is_404_and_lists_nothing(client: TestClient) -> None:
         ({"model": "fake-chat", "messages": USER, "n": 2}, "n"),
         ({"model": "fake-chat", "messages": USER, "stop": [""]}, "stop"),
         ({"model": "fake-chat", "messages": USER, "presence_penalty": 3}, "presence_penalty"),
-        ({"model": "fake-chat", "messages": [{"role": "user", "content": [{"type": "image_url"}]}]},
-         "messages[0].content"),
+        (
+            {"model": "fake-chat", "messages": [{"role": "user", "content": [{"type": "image_url"}]}]},
+            "messages[0].content",
+        ),
     ],
 )
-def test_invalid_bodies_are_400_naming_the_param(client: TestClient, body: dict[str, Any], param: str) -> None:
+def test_invalid_bodies_are_400_naming_the_param(
+    client: TestClient, body: dict[str, Any], param: str
+) -> None:
     assert_error(client.post("/v1/chat/completions", json=body), 400, None if False else _code(param), param)
 
 
@@ -92,7 +96,9 @@ def test_context_length_exceeded(app_client: Any) -> None:
     long = [{"role": "user", "content": "word " * 40}]
     error = assert_error(
         client.post("/v1/chat/completions", json={"model": "fake-chat", "messages": long}),
-        400, "context_length_exceeded", "messages",
+        400,
+        "context_length_exceeded",
+        "messages",
     )
     assert "maximum context length is 12 tokens" in error["message"]
     body = {"model": "fake-chat", "messages": USER, "max_tokens": 100}
@@ -110,12 +116,19 @@ def test_loading_model_is_503_with_retry_after_and_then_serves(app_client: Any) 
     ready = client.get("/health/ready")
     assert ready.status_code == 503 and ready.json()["status"] == "loading"
     wait_ready(client, "fake-chat")
-    assert client.post("/v1/chat/completions", json={"model": "fake-chat", "messages": USER}).status_code == 200
+    assert (
+        client.post("/v1/chat/completions", json={"model": "fake-chat", "messages": USER}).status_code == 200
+    )
     assert client.get("/health/ready").json()["status"] == "ok"
 
 
 def test_failed_model_reports_reason_while_others_serve(app_client: Any) -> None:
-    broken = {"id": "broken", "engine": "fake", "source": "fake:", "options": {"fail_load": "weights are corrupt"}}
+    broken = {
+        "id": "broken",
+        "engine": "fake",
+        "source": "fake:",
+        "options": {"fail_load": "weights are corrupt"},
+    }
     client = app_client([broken, FAKE])
     wait_ready(client, "fake-chat")
     cards = {m["id"]: m for m in client.get("/v1/models").json()["data"]}
@@ -124,7 +137,9 @@ def test_failed_model_reports_reason_while_others_serve(app_client: Any) -> None
     error = assert_error(response, 503, "model_load_failed", "model")
     assert "weights are corrupt" in error["message"]
     assert response.headers["x-should-retry"] == "false"
-    assert client.post("/v1/chat/completions", json={"model": "fake-chat", "messages": USER}).status_code == 200
+    assert (
+        client.post("/v1/chat/completions", json={"model": "fake-chat", "messages": USER}).status_code == 200
+    )
     ready = client.get("/health/ready")
     assert ready.status_code == 200 and ready.json()["status"] == "degraded"
 
@@ -136,7 +151,9 @@ def test_unload_and_load_at_run_time(app_client: Any) -> None:
     response = client.post("/v1/models/fake/unload")
     assert response.status_code == 200 and response.json()["state"] == "unloaded"
     error = assert_error(
-        client.post("/v1/chat/completions", json={"model": "fake-chat", "messages": USER}), 503, "model_not_loaded"
+        client.post("/v1/chat/completions", json={"model": "fake-chat", "messages": USER}),
+        503,
+        "model_not_loaded",
     )
     assert "/v1/models/fake-chat/load" in error["message"]
     assert client.post("/v1/chat/completions", json={"model": "other", "messages": USER}).status_code == 200
@@ -144,7 +161,9 @@ def test_unload_and_load_at_run_time(app_client: Any) -> None:
     assert response.status_code in (200, 202)
     wait_ready(client, "fake-chat")
     assert client.post("/v1/models/fake-chat/load").status_code == 200
-    assert client.post("/v1/chat/completions", json={"model": "fake-chat", "messages": USER}).status_code == 200
+    assert (
+        client.post("/v1/chat/completions", json={"model": "fake-chat", "messages": USER}).status_code == 200
+    )
     assert_error(client.post("/v1/models/ghost/load"), 404, "model_not_found")
 
 
@@ -175,8 +194,11 @@ def test_cors_preflight_and_request_id_echo(app_client: Any) -> None:
     client = app_client(cors_origins=["http://example.test"], api_key="k")
     preflight = client.options(
         "/v1/chat/completions",
-        headers={"Origin": "http://example.test", "Access-Control-Request-Method": "POST",
-                 "Access-Control-Request-Headers": "authorization,content-type"},
+        headers={
+            "Origin": "http://example.test",
+            "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Headers": "authorization,content-type",
+        },
     )
     assert preflight.status_code == 200
     assert preflight.headers["access-control-allow-origin"] == "http://example.test"
@@ -188,5 +210,9 @@ def test_cors_preflight_and_request_id_echo(app_client: Any) -> None:
 def test_server_keeps_serving_after_bad_requests(client: TestClient) -> None:
     for raw in (b"{", b"null", b'{"model": 1, "messages": "x"}', b'{"model": "fake-chat", "messages": [{}]}'):
         assert client.post("/v1/chat/completions", content=raw).status_code == 400
-    assert wait_for(lambda: client.post(
-        "/v1/chat/completions", json={"model": "fake-chat", "messages": USER}).status_code == 200)
+    assert wait_for(
+        lambda: (
+            client.post("/v1/chat/completions", json={"model": "fake-chat", "messages": USER}).status_code
+            == 200
+        )
+    )

@@ -1,4 +1,4 @@
-"""The transformers engine on tiny random Qwen3, Llama and Mistral models: load, template, generate, stream."""
+"""The transformers engine on tiny random Qwen3, Llama and Mistral models: template, generate, stream."""
 
 from __future__ import annotations
 
@@ -18,7 +18,10 @@ from tests.conftest import wait_for, wait_ready
 from tests.tiny_models import build_tiny_model
 
 ARCHS = ["qwen3", "llama", "mistral"]
-MESSAGES = [{"role": "system", "content": "You are terse."}, {"role": "user", "content": "Say hello to the world"}]
+MESSAGES = [
+    {"role": "system", "content": "You are terse."},
+    {"role": "user", "content": "Say hello to the world"},
+]
 
 
 @pytest.fixture(scope="module")
@@ -30,8 +33,10 @@ def tiny_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 @pytest.mark.parametrize("arch", ARCHS)
 def test_engine_renders_the_models_template_and_generates(tiny_dirs: dict[str, Path], arch: str) -> None:
     engine = load_transformers(str(tiny_dirs[arch]), dtype="float32")
-    assert type(engine.model).__name__ == {"qwen3": "Qwen3ForCausalLM", "llama": "LlamaForCausalLM",
-                                           "mistral": "MistralForCausalLM"}[arch]
+    assert (
+        type(engine.model).__name__
+        == {"qwen3": "Qwen3ForCausalLM", "llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM"}[arch]
+    )
     assert engine.context_length == 2048
     prompt = engine.render(MESSAGES, {})
     tokenizer = AutoTokenizer.from_pretrained(str(tiny_dirs[arch]))
@@ -82,20 +87,25 @@ def test_mistral_template_refusal_is_a_value_error(tiny_dirs: dict[str, Path]) -
 
 
 @pytest.mark.parametrize("arch", ARCHS)
-def test_tiny_models_through_the_app_full_and_streamed(app_client: Any, tiny_dirs: dict[str, Path], arch: str) -> None:
+def test_tiny_models_through_the_app_full_and_streamed(
+    app_client: Any, tiny_dirs: dict[str, Path], arch: str
+) -> None:
     client = app_client([{"id": arch, "source": str(tiny_dirs[arch]), "dtype": "float32"}])
     wait_ready(client, arch, timeout=60)
     body = {"model": arch, "messages": MESSAGES, "temperature": 0, "max_tokens": 12}
     full = client.post("/v1/chat/completions", json=body).json()
     assert full["object"] == "chat.completion"
     choice = full["choices"][0]
-    events = client.post("/v1/chat/completions", json={**body, "stream": True,
-                                                        "stream_options": {"include_usage": True}}).text
+    events = client.post(
+        "/v1/chat/completions", json={**body, "stream": True, "stream_options": {"include_usage": True}}
+    ).text
     chunks = [json.loads(b[6:]) for b in events.split("\n\n") if b.startswith("data: {")]
     streamed = "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks if c["choices"])
     assert streamed == choice["message"]["content"]
     assert chunks[-1]["usage"] == full["usage"]
-    finish = [c["choices"][0]["finish_reason"] for c in chunks if c["choices"] and c["choices"][0]["finish_reason"]]
+    finish = [
+        c["choices"][0]["finish_reason"] for c in chunks if c["choices"] and c["choices"][0]["finish_reason"]
+    ]
     assert finish == [choice["finish_reason"]]
     tokenizer = AutoTokenizer.from_pretrained(str(tiny_dirs[arch]))
     rendered = tokenizer.apply_chat_template(MESSAGES, add_generation_prompt=True, tokenize=False)
@@ -107,8 +117,19 @@ def test_tiny_models_through_the_app_full_and_streamed(app_client: Any, tiny_dir
 def test_sampling_settings_are_accepted(app_client: Any, tiny_dirs: dict[str, Path]) -> None:
     client = app_client([{"id": "q", "source": str(tiny_dirs["qwen3"]), "dtype": "float32"}])
     wait_ready(client, "q", timeout=60)
-    body = {"model": "q", "messages": MESSAGES, "max_tokens": 6, "temperature": 0.8, "top_p": 0.9, "seed": 7,
-            "presence_penalty": 0.5, "frequency_penalty": 0.5, "top_k": 20, "min_p": 0.05, "repetition_penalty": 1.1}
+    body = {
+        "model": "q",
+        "messages": MESSAGES,
+        "max_tokens": 6,
+        "temperature": 0.8,
+        "top_p": 0.9,
+        "seed": 7,
+        "presence_penalty": 0.5,
+        "frequency_penalty": 0.5,
+        "top_k": 20,
+        "min_p": 0.05,
+        "repetition_penalty": 1.1,
+    }
     first = client.post("/v1/chat/completions", json=body)
     second = client.post("/v1/chat/completions", json=body)
     assert first.status_code == 200
@@ -128,8 +149,12 @@ def test_unreachable_hub_id_fails_while_others_serve(
     app_client: Any, tiny_dirs: dict[str, Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    client = app_client([{"id": "hub", "source": "hf:Qwen/Qwen3-8B"},
-                         {"id": "tiny", "source": str(tiny_dirs["llama"]), "dtype": "float32"}])
+    client = app_client(
+        [
+            {"id": "hub", "source": "hf:Qwen/Qwen3-8B"},
+            {"id": "tiny", "source": str(tiny_dirs["llama"]), "dtype": "float32"},
+        ]
+    )
     wait_ready(client, "tiny", timeout=60)
     cards = {m["id"]: m for m in client.get("/v1/models").json()["data"]}
     assert cards["hub"]["state"] == "failed" and "Qwen/Qwen3-8B" in cards["hub"]["error"]
@@ -137,13 +162,19 @@ def test_unreachable_hub_id_fails_while_others_serve(
     assert ok.status_code == 200
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs an NVIDIA GPU with CUDA (bitsandbytes 4-bit)")
+@pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="needs an NVIDIA GPU with CUDA (bitsandbytes 4-bit)"
+)
 def test_nf4_loads_on_cuda(tiny_dirs: dict[str, Path]) -> None:
     engine = load_transformers(str(tiny_dirs["qwen3"]), device="cuda", quantization="nf4")
     assert engine.device == "cuda"
     pieces: list[Piece] = []
-    result = engine.generate(engine.render(MESSAGES, {}), SamplingParams(max_tokens=4, temperature=0.0),
-                             threading.Event(), pieces.append)
+    result = engine.generate(
+        engine.render(MESSAGES, {}),
+        SamplingParams(max_tokens=4, temperature=0.0),
+        threading.Event(),
+        pieces.append,
+    )
     assert result.completion_tokens >= 1
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ai_stack.config import Config, ModelSpec
+from ai_stack.config import Config, ModelSpec, resolve_path
 from ai_stack.sources import parse_source, prepare_source
 
 
@@ -25,4 +25,47 @@ def load_engine(spec: ModelSpec, config: Config) -> Any:
             quantization=spec.quantization,
             context_length=spec.context_length,
         )
+    if spec.engine in ("piper", "kokoro-onnx"):
+        return load_speech_engine(spec, config)
     raise ValueError(f"engine {spec.engine!r} is not available in this build")
+
+
+# Embedded speech sources: `embedded:NAME` for each engine's packaged default voice or model.
+EMBEDDED_SPEECH: dict[str, set[str]] = {
+    "piper": {"en_US-joe-medium"},
+    "kokoro-onnx": {"kokoro-v1.0-int8"},
+}
+
+
+def _speech_path(config: Config, value: Any, what: str) -> str | None:
+    """A local file path from the config (relative to the config's folder), or None when not set."""
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value:
+        raise ValueError(f"{what} must be a non-empty path string")
+    return str(resolve_path(config, value))
+
+
+def load_speech_engine(spec: ModelSpec, config: Config) -> Any:
+    """Load a Piper or Kokoro ONNX model: the embedded default (`embedded:NAME`) or local files."""
+    from ai_stack.engines.speech import load_kokoro_onnx, load_piper
+
+    embedded = spec.source.removeprefix("embedded:") if spec.source.startswith("embedded:") else None
+    if embedded is not None and embedded not in EMBEDDED_SPEECH[spec.engine]:
+        known = ", ".join(sorted(EMBEDDED_SPEECH[spec.engine]))
+        raise ValueError(f"unknown embedded {spec.engine} model {embedded!r}; known: {known}")
+    model_path = None if embedded is not None else _speech_path(config, spec.source, "source")
+    if spec.engine == "piper":
+        voice_id = spec.options.get("voice_id")
+        return load_piper(
+            model_path,
+            _speech_path(config, spec.options.get("config"), "options.config"),
+            voice_id=str(voice_id) if voice_id else (embedded if embedded else None),
+        )
+    lang = spec.options.get("lang", "en-us")
+    return load_kokoro_onnx(
+        model_path,
+        _speech_path(config, spec.options.get("voices"), "options.voices"),
+        cache_dir=config.server.home / "kokoro",
+        lang=str(lang),
+    )

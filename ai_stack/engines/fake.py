@@ -36,7 +36,9 @@ class FakeChatEngine:
         """Render 'role: content' lines and split them into word tokens."""
         text = "".join(f"{m['role']}: {m.get('content') or ''}\n" for m in messages) + "assistant:"
         last_user = next((m.get("content") or "" for m in reversed(messages) if m["role"] == "user"), "")
-        return Prompt(token_ids=list(range(len(fake_tokens(text)))), text=text, extra={"last_user": last_user})
+        return Prompt(
+            token_ids=list(range(len(fake_tokens(text)))), text=text, extra={"last_user": last_user}
+        )
 
     def generate(
         self,

@@ -67,8 +67,8 @@ def quantization_config(quantization: str, device: str, dtype: torch.dtype) -> A
         return None
     if not device.startswith("cuda"):
         raise EngineLoadError(
-            f"quantization {quantization!r} uses bitsandbytes and needs an NVIDIA GPU with CUDA; this machine "
-            f"would run the model on {device!r}. Set quantization = \"none\" to load it unquantized."
+            f"quantization {quantization!r} uses bitsandbytes and needs an NVIDIA GPU with CUDA; "
+            f'this machine would run the model on {device!r}. Set quantization = "none" to load it as is.'
         )
     try:
         import bitsandbytes  # noqa: F401
@@ -78,13 +78,13 @@ def quantization_config(quantization: str, device: str, dtype: torch.dtype) -> A
             f"quantization {quantization!r} needs bitsandbytes: pip install 'ai-stack[cuda]' ({exc})"
         ) from None
     if quantization == "nf4":
-        return BitsAndBytesConfig(
+        return BitsAndBytesConfig(  # type: ignore[no-untyped-call]
             load_in_4bit=True,
             bnb_4bit_quant_type="nf4",
             bnb_4bit_compute_dtype=dtype,
             bnb_4bit_use_double_quant=True,
         )
-    return BitsAndBytesConfig(load_in_8bit=True)
+    return BitsAndBytesConfig(load_in_8bit=True)  # type: ignore[no-untyped-call]
 
 
 class _CancelCriteria(StoppingCriteria):
@@ -93,8 +93,12 @@ class _CancelCriteria(StoppingCriteria):
     def __init__(self, cancel: threading.Event) -> None:
         self.cancel = cancel
 
-    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs: Any) -> torch.BoolTensor:
-        return torch.full((input_ids.shape[0],), self.cancel.is_set(), dtype=torch.bool, device=input_ids.device)
+    def __call__(
+        self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs: Any
+    ) -> torch.BoolTensor:
+        return torch.full(  # type: ignore[return-value]
+            (input_ids.shape[0],), self.cancel.is_set(), dtype=torch.bool, device=input_ids.device
+        )
 
 
 class OpenAIPenalties(LogitsProcessor):
@@ -107,7 +111,9 @@ class OpenAIPenalties(LogitsProcessor):
         generated = input_ids[:, self.prompt_length :]
         if generated.shape[1] == 0:
             return scores
-        counts = torch.zeros_like(scores).scatter_add_(1, generated, torch.ones_like(generated, dtype=scores.dtype))
+        counts = torch.zeros_like(scores).scatter_add_(
+            1, generated, torch.ones_like(generated, dtype=scores.dtype)
+        )
         penalised = scores - self.frequency * counts - self.presence * (counts > 0).to(scores.dtype)
         return penalised  # type: ignore[return-value]
 
@@ -156,7 +162,12 @@ class TransformersChatEngine:
     """A causal LM and its tokenizer, generating one request at a time."""
 
     def __init__(self, model: Any, tokenizer: Any, device: str, context_length: int) -> None:
-        self.model, self.tokenizer, self.device, self.context_length = model, tokenizer, device, context_length
+        self.model, self.tokenizer, self.device, self.context_length = (
+            model,
+            tokenizer,
+            device,
+            context_length,
+        )
         self._lock = threading.Lock()
         eos = model.generation_config.eos_token_id
         eos_list = eos if isinstance(eos, list) else [eos]
@@ -211,7 +222,9 @@ class TransformersChatEngine:
             kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None, min_p=None)
         elif params.temperature is not None or config.do_sample:
             kwargs["do_sample"] = True
-            kwargs["temperature"] = params.temperature if params.temperature is not None else config.temperature
+            kwargs["temperature"] = (
+                params.temperature if params.temperature is not None else config.temperature
+            )
             for name in ("top_p", "top_k", "min_p"):
                 value = getattr(params, name)
                 kwargs[name] = value if value is not None else getattr(config, name)
@@ -276,8 +289,8 @@ def load_transformers(
     except OSError as exc:
         raise EngineLoadError(f"cannot load {location!r}: {exc}") from None
     if quant is None:
-        model.to(resolved_device)
-    model.eval()
+        model.to(resolved_device)  # type: ignore[arg-type]
+    model.eval()  # type: ignore[no-untyped-call]
     limit = context_length or int(getattr(model.config, "max_position_embeddings", 0) or 0) or 2048
     log.info(
         "loaded %s on %s (%s%s) in %.1f s, context %d",

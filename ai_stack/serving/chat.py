@@ -141,7 +141,10 @@ def _messages(request: ChatCompletionRequest) -> list[dict[str, Any]]:
             text = message.text()
         except ValueError as exc:
             raise InvalidRequest(str(exc), param=f"messages[{index}].content") from None
-        item: dict[str, Any] = {"role": "system" if message.role == "developer" else message.role, "content": text}
+        item: dict[str, Any] = {
+            "role": "system" if message.role == "developer" else message.role,
+            "content": text,
+        }
         if message.name:
             item["name"] = message.name
         if message.tool_calls:
@@ -187,8 +190,10 @@ class ChatService:
         used = len(prompt.token_ids)
         limit = request.completion_limit()
         if used >= context or (limit is not None and used + limit > context):
-            asked = f"{used + limit} tokens ({used} in the messages, {limit} in the completion)" if limit else (
-                f"{used} tokens in the messages"
+            asked = (
+                f"{used + limit} tokens ({used} in the messages, {limit} in the completion)"
+                if limit
+                else (f"{used} tokens in the messages")
             )
             raise ContextLengthExceeded(
                 f"This model's maximum context length is {context} tokens. However, you requested {asked}. "
@@ -217,7 +222,9 @@ class ChatService:
 
         async def collect() -> str:
             parts = []
-            async for text in generate_text(chat.engine, chat.prompt, chat.params, chat.stops, cancel, result):
+            async for text in generate_text(
+                chat.engine, chat.prompt, chat.params, chat.stops, cancel, result
+            ):
                 parts.append(text)
             return "".join(parts)
 
@@ -285,5 +292,5 @@ class ChatService:
             yield f"data: {json.dumps(error.body())}\n\n"
         finally:
             cancel.set()
-            await texts.aclose()
+            await texts.aclose()  # type: ignore[attr-defined]
         yield "data: [DONE]\n\n"

@@ -1,0 +1,264 @@
+"""/v1/audio/speech and /v1/audio/voices with the real embedded Piper voice: formats, streams, errors."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+from collections.abc import Callable
+from typing import Any
+
+import av
+import numpy as np
+import numpy.typing as npt
+import pytest
+from starlette.testclient import TestClient
+
+from tests.conftest import FAKE, LiveServer, wait_ready
+from tests.test_errors_and_registry import assert_error
+
+PIPER: dict[str, Any] = {
+    "id": "piper-joe",
+    "aliases": ["tts-1", "tts-1-hd"],
+    "kind": "speech",
+    "engine": "piper",
+    "source": "embedded:en_US-joe-medium",
+}
+PIPER_RATE = 22050
+SHORT = "Hello there."
+LONG = "Hello there. This is a much longer sentence, spoken to check that more text makes more audio."
+# The rate each format comes back at for a 22.05 kHz voice (pcm is OpenAI's 24 kHz; Ogg Opus is 48 kHz).
+RATES = {
+    "wav": PIPER_RATE,
+    "flac": PIPER_RATE,
+    "mp3": PIPER_RATE,
+    "aac": PIPER_RATE,
+    "opus": 48000,
+    "pcm": 24000,
+}
+CONTENT_TYPES = {
+    "wav": "audio/wav",
+    "pcm": "audio/pcm",
+    "flac": "audio/flac",
+    "mp3": "audio/mpeg",
+    "opus": "audio/ogg",
+    "aac": "audio/aac",
+}
+
+
+def decode(data: bytes, fmt: str) -> tuple[npt.NDArray[np.float32], int]:
+    """Decode a response body to float mono samples and their rate (pcm is raw 24 kHz s16le)."""
+    if fmt == "pcm":
+        return np.frombuffer(data, dtype="<i2").astype(np.float32) / 32768.0, 24000
+    with av.open(io.BytesIO(data)) as container:
+        stream = container.streams.audio[0]
+        frames = [frame.to_ndarray().astype(np.float32).reshape(-1) for frame in container.decode(stream)]
+        rate = int(stream.codec_context.sample_rate)
+    assert frames, f"{fmt}: no audio frames"
+    samples = np.concatenate(frames)
+    if samples.dtype.kind == "i" or np.abs(samples).max() > 1.5:
+        samples = samples / 32768.0
+    return samples, rate
+
+
+def assert_speech(samples: npt.NDArray[np.float32], rate: int, expected_rate: int) -> float:
+    """Right rate, non-silent, at least a fraction of a second; returns the duration in seconds."""
+    assert rate == expected_rate
+    duration = samples.size / rate
+    assert duration > 0.3, duration
+    rms = float(np.sqrt(np.mean(np.square(samples.astype(np.float64)))))
+    assert rms > 0.01, rms
+    return duration
+
+
+def same_length(a: int, b: int) -> bool:
+    """Piper samples its durations (noise_w), so two syntheses of one text differ by some percent."""
+    return abs(a - b) <= 0.3 * max(a, b)
+
+
+@pytest.fixture
+def client(app_client: Callable[..., TestClient]) -> TestClient:
+    c = app_client([FAKE, PIPER])
+    wait_ready(c, "piper-joe", timeout=60)
+    wait_ready(c, "fake-chat")
+    return c
+
+
+def speak(client: TestClient, **body: Any) -> Any:
+    return client.post("/v1/audio/speech", json={"model": "piper-joe", "voice": "en_US-joe-medium", **body})
+
+
+@pytest.mark.parametrize("fmt", list(RATES))
+def test_every_format_decodes_at_the_right_rate(client: TestClient, fmt: str) -> None:
+    short = speak(client, input=SHORT, response_format=fmt)
+    assert short.status_code == 200, short.text
+    assert short.headers["content-type"].startswith(CONTENT_TYPES[fmt])
+    long = speak(client, input=LONG, response_format=fmt)
+    assert long.status_code == 200, long.text
+    short_s = assert_speech(*decode(short.content, fmt), RATES[fmt])
+    long_s = assert_speech(*decode(long.content, fmt), RATES[fmt])
+    assert long_s > short_s * 2
+
+
+def test_default_format_is_mp3(client: TestClient) -> None:
+    response = speak(client, input=SHORT)
+    assert response.headers["content-type"].startswith("audio/mpeg")
+    assert_speech(*decode(response.content, "mp3"), PIPER_RATE)
+
+
+@pytest.mark.parametrize("fmt", ["wav", "mp3", "opus"])
+def test_streamed_equals_buffered(client: TestClient, fmt: str) -> None:
+    buffered = speak(client, input=LONG, response_format=fmt)
+    body = {"model": "piper-joe", "voice": "en_US-joe-medium", "input": LONG, "response_format": fmt}
+    with client.stream("POST", "/v1/audio/speech", json=body) as response:
+        assert response.status_code == 200
+        parts = list(response.iter_bytes())
+    streamed = b"".join(parts)
+    buffered_samples, _ = decode(buffered.content, fmt)
+    streamed_samples, rate = decode(streamed, fmt)
+    assert_speech(streamed_samples, rate, RATES[fmt])
+    assert same_length(streamed_samples.size, buffered_samples.size)
+
+
+def test_speed_changes_length(client: TestClient) -> None:
+    normal, _ = decode(speak(client, input=LONG, response_format="wav").content, "wav")
+    fast, _ = decode(speak(client, input=LONG, response_format="wav", speed=2.0).content, "wav")
+    assert fast.size < normal.size * 0.75
+
+
+def test_sse_events_decode_to_audio(client: TestClient) -> None:
+    response = speak(client, input=LONG, response_format="wav", stream_format="sse")
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"].startswith("text/event-stream")
+    events = [json.loads(line[6:]) for line in response.text.splitlines() if line.startswith("data: ")]
+    assert [e["type"] for e in events[:-1]] == ["speech.audio.delta"] * (len(events) - 1)
+    assert len(events) >= 2
+    done = events[-1]
+    assert done["type"] == "speech.audio.done"
+    usage = done["usage"]
+    assert usage["input_tokens"] > 0 and usage["output_tokens"] > 0
+    assert usage["total_tokens"] == usage["input_tokens"] + usage["output_tokens"]
+    audio = b"".join(base64.b64decode(e["audio"]) for e in events[:-1])
+    assert_speech(*decode(audio, "wav"), PIPER_RATE)
+
+
+def test_voices_listing(client: TestClient) -> None:
+    response = client.get("/v1/audio/voices")
+    assert response.status_code == 200
+    voices = response.json()["voices"]
+    assert voices
+    for voice in voices:
+        assert {"id", "name", "model", "language", "description"} <= set(voice)
+    assert {"id": "en_US-joe-medium", "model": "piper-joe"}.items() <= voices[0].items()
+    assert voices[0]["language"].startswith("en")
+    only = client.get("/v1/audio/voices", params={"model": "tts-1"}).json()["voices"]
+    assert only == voices
+    assert_error(client.get("/v1/audio/voices", params={"model": "nope"}), 404, "model_not_found", "model")
+
+
+@pytest.mark.parametrize("voice", ["alloy", "nova", {"id": "en_US-joe-medium"}])
+def test_openai_voice_names_and_alias_model(client: TestClient, voice: Any) -> None:
+    response = client.post(
+        "/v1/audio/speech",
+        json={
+            "model": "tts-1",
+            "voice": voice,
+            "input": SHORT,
+            "response_format": "flac",
+            "instructions": "calm",
+        },
+    )
+    assert response.status_code == 200, response.text
+    assert_speech(*decode(response.content, "flac"), PIPER_RATE)
+
+
+@pytest.mark.parametrize(
+    ("body", "param", "needle"),
+    [
+        ({"input": ""}, "input", None),
+        ({"input": "   "}, "input", None),
+        ({"input": "a" * 4097}, "input", "4096"),
+        ({"input": SHORT, "voice": "bogus"}, "voice", "en_US-joe-medium"),
+        ({"input": SHORT, "response_format": "ogg"}, "response_format", None),
+        ({"input": SHORT, "speed": 5}, "speed", None),
+        ({"input": SHORT, "speed": 0.1}, "speed", None),
+        ({"input": SHORT, "stream_format": "chunks"}, "stream_format", None),
+        ({"voice": "alloy"}, "input", None),
+    ],
+)
+def test_bad_inputs_are_400(client: TestClient, body: dict[str, Any], param: str, needle: str | None) -> None:
+    error = assert_error(speak(client, **body), 400, "invalid_value", param)
+    if needle:
+        assert needle in error["message"]
+
+
+def test_missing_voice_is_400(client: TestClient) -> None:
+    response = client.post("/v1/audio/speech", json={"model": "piper-joe", "input": SHORT})
+    assert_error(response, 400, "invalid_value", "voice")
+
+
+def test_chat_model_for_speech_and_speech_model_for_chat(client: TestClient) -> None:
+    response = client.post("/v1/audio/speech", json={"model": "fake", "voice": "alloy", "input": SHORT})
+    assert_error(response, 400, "model_kind_mismatch", "model")
+    response = client.post(
+        "/v1/chat/completions", json={"model": "tts-1", "messages": [{"role": "user", "content": "hi"}]}
+    )
+    assert_error(response, 400, "model_kind_mismatch", "model")
+    assert_error(
+        client.post("/v1/audio/speech", json={"model": "gpt-9", "voice": "alloy", "input": SHORT}),
+        404,
+        "model_not_found",
+        "model",
+    )
+
+
+def test_openai_sdk_over_http(live_server: Callable[..., LiveServer]) -> None:
+    openai = pytest.importorskip("openai")
+    server = live_server([PIPER])
+    sdk = openai.OpenAI(base_url=f"{server.url}/v1", api_key="unused", max_retries=0)
+    import httpx
+
+    wait_ready(httpx.Client(base_url=server.url), "piper-joe", timeout=60)
+    audio = sdk.audio.speech.create(model="tts-1", voice="alloy", input=LONG, response_format="wav")
+    buffered, rate = decode(audio.content, "wav")
+    assert_speech(buffered, rate, PIPER_RATE)
+    with sdk.audio.speech.with_streaming_response.create(
+        model="tts-1", voice="alloy", input=LONG, response_format="wav"
+    ) as response:
+        streamed = b"".join(response.iter_bytes())
+    samples, rate = decode(streamed, "wav")
+    assert_speech(samples, rate, PIPER_RATE)
+    assert same_length(samples.size, buffered.size)
+
+
+def test_client_disconnect_cancels_synthesis(live_server: Callable[..., LiveServer]) -> None:
+    import httpx
+
+    from ai_stack.audio import split_sentences
+    from tests.conftest import wait_for
+
+    server = live_server([PIPER])
+    http = httpx.Client(base_url=server.url, timeout=60)
+    wait_ready(http, "piper-joe", timeout=60)
+    engine = server.app.state.registry.entries["piper-joe"].engine
+    spoken: list[int] = []
+    finished = []
+    original = engine.synthesize
+
+    def counting(text: str, voice: str, speed: float, cancel: Any) -> Any:
+        try:
+            for chunk in original(text, voice, speed, cancel):
+                spoken.append(chunk.size)
+                yield chunk
+        finally:
+            finished.append(cancel.is_set())
+
+    engine.synthesize = counting
+    text = " ".join(f"This is sentence number {i} of a rather long text." for i in range(80))
+    body = {"model": "tts-1", "voice": "alloy", "input": text, "response_format": "mp3"}
+    with http.stream("POST", "/v1/audio/speech", json=body) as response:
+        assert response.status_code == 200
+        assert next(response.iter_bytes())
+    assert wait_for(lambda: bool(finished), 60)
+    assert finished == [True]
+    assert len(spoken) < len(split_sentences(text)) / 2
