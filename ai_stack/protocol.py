@@ -67,7 +67,7 @@ class ChatCompletionRequest(_Lenient):
     stream: bool = False
     stream_options: StreamOptions | None = None
     user: str | None = None
-    n: int = Field(default=1, ge=1, le=1)
+    n: int = Field(default=1, ge=1)
     # Extras that peers accept through extra_body.
     top_k: int | None = Field(default=None, ge=0)
     min_p: float | None = Field(default=None, ge=0.0, le=1.0)
@@ -86,6 +86,13 @@ class ChatCompletionRequest(_Lenient):
         if len(stops) > 16:
             raise ValueError("at most 16 stop sequences are allowed")
         return stops
+
+    @field_validator("n")
+    @classmethod
+    def _one_choice(cls, value: int) -> int:
+        if value != 1:
+            raise ValueError("only n = 1 is supported for now; send several requests for several choices")
+        return value
 
     def completion_limit(self) -> int | None:
         """max_completion_tokens, or the deprecated max_tokens."""
