@@ -22,6 +22,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from ai_stack.config import Config
 from ai_stack.engines import load_engine
 from ai_stack.errors import APIError, AuthenticationFailed, PayloadTooLarge, error_body
+from ai_stack.metrics import Metrics, metrics_endpoint
 from ai_stack.registry import Loader, ModelRegistry
 from ai_stack.routes import api_routes, health, readiness
 from ai_stack.serving.chat import ChatService
@@ -148,6 +149,7 @@ def create_app(config: Config, loader: Loader = load_engine) -> Starlette:
         routes=[
             Route("/health", health, methods=["GET"]),
             Route("/health/ready", readiness, methods=["GET"]),
+            Route("/metrics", metrics_endpoint, methods=["GET"]),
             Mount("/v1", routes=api_routes()),
         ],
         middleware=[
@@ -167,6 +169,7 @@ def create_app(config: Config, loader: Loader = load_engine) -> Starlette:
     )
     app.state.config = config
     app.state.registry = registry
-    app.state.chat = ChatService(registry)
+    app.state.metrics = Metrics(registry)
+    app.state.chat = ChatService(registry, app.state.metrics)
     app.state.speech = SpeechService(registry)
     return app

@@ -15,6 +15,7 @@ from typing import Any
 
 from ai_stack.engines.base import ChatEngine, Generation, GenerationCancelled, Piece, Prompt, SamplingParams
 from ai_stack.errors import APIError, ContextLengthExceeded, InvalidRequest
+from ai_stack.metrics import Metrics
 from ai_stack.protocol import (
     AssistantMessage,
     ChatCompletion,
@@ -172,8 +173,19 @@ class PreparedChat:
 class ChatService:
     """Serves chat completions over the registry's chat models."""
 
-    def __init__(self, registry: ModelRegistry) -> None:
+    def __init__(self, registry: ModelRegistry, metrics: Metrics | None = None) -> None:
         self.registry = registry
+        self.metrics = metrics
+
+    def _record(self, chat: PreparedChat, result: RunResult, started: float) -> None:
+        if self.metrics is not None:
+            self.metrics.record_chat(
+                chat.model_id,
+                result.finish_reason,
+                len(chat.prompt.token_ids),
+                result.completion_tokens,
+                time.monotonic() - started,
+            )
 
     async def prepare(self, request: ChatCompletionRequest) -> PreparedChat:
         """Find the model, render the prompt and check it fits the context."""
@@ -219,6 +231,7 @@ class ChatService:
         """Generate a whole answer; a client that disconnects cancels the generation."""
         cancel = threading.Event()
         result = RunResult()
+        started = time.monotonic()
 
         async def collect() -> str:
             parts = []
@@ -240,6 +253,7 @@ class ChatService:
         finally:
             watcher.cancel()
             cancel.set()
+        self._record(chat, result, started)
         prompt_tokens = len(chat.prompt.token_ids)
         return ChatCompletion(
             id=f"chatcmpl-{uuid.uuid4().hex}",
@@ -259,6 +273,7 @@ class ChatService:
         """Server-sent events: role chunk, content deltas, finish chunk, optional usage chunk, [DONE]."""
         cancel = threading.Event()
         result = RunResult()
+        started = time.monotonic()
         ident, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
 
         def chunk(choices: list[ChunkChoice], usage: Usage | None = None) -> str:
@@ -275,6 +290,7 @@ class ChatService:
             async for text in texts:
                 yield chunk([ChunkChoice(index=0, delta=Delta(content=text))])
             yield chunk([ChunkChoice(index=0, delta=Delta(), finish_reason=result.finish_reason)])
+            self._record(chat, result, started)
             if include_usage:
                 prompt_tokens = len(chat.prompt.token_ids)
                 usage = Usage(
