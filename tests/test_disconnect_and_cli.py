@@ -116,7 +116,8 @@ def test_cli_serve_builds_app_and_runs_uvicorn_with_flags(
     assert [e.spec.id for e in call["app"].state.registry.entries.values()] == ["f"]
 
 
-def test_cli_models_lists_cache_state(tmp_path: Path) -> None:
+def test_cli_models_lists_cache_state(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("AI_STACK_HOME", raising=False)  # the file names its own home
     path = tmp_path / "m.toml"
     path.write_text(
         f'[server]\nhome = "{tmp_path / "home"}"\n'
