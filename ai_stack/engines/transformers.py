@@ -291,6 +291,9 @@ def load_transformers(
     if quant is None:
         model.to(resolved_device)  # type: ignore[arg-type]
     model.eval()  # type: ignore[no-untyped-call]
+    with torch.inference_mode():  # warm-up: the first forward pass pays one-time kernel set-up costs
+        warm = torch.tensor([[tokenizer.eos_token_id or 0]], device=model.device)
+        model(input_ids=warm)
     limit = context_length or int(getattr(model.config, "max_position_embeddings", 0) or 0) or 2048
     log.info(
         "loaded %s on %s (%s%s) in %.1f s, context %d",
