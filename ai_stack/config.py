@@ -32,7 +32,7 @@ class ModelSpec(BaseModel):
     id: str = Field(min_length=1, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:\-/]*$")
     aliases: list[str] = Field(default_factory=list)
     kind: ModelKind = "chat"
-    engine: Literal["transformers", "fake", "piper", "kokoro-onnx"] = "transformers"
+    engine: Literal["transformers", "fake", "piper", "kokoro-onnx", "kokoro"] = "transformers"
     source: str = Field(min_length=1)
     device: str = Field(default="auto", pattern=r"^(auto|cpu|mps|cuda(:\d+)?)$")
     dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"
@@ -44,11 +44,13 @@ class ModelSpec(BaseModel):
 
     @model_validator(mode="after")
     def _engine_fits_kind(self) -> ModelSpec:
-        speech_engines = {"piper", "kokoro-onnx"}
+        speech_engines = {"piper", "kokoro-onnx", "kokoro"}
         if self.kind == "chat" and self.engine in speech_engines:
             raise ValueError(f'engine {self.engine!r} is a speech engine; set kind = "speech"')
         if self.kind == "speech" and self.engine == "transformers":
-            raise ValueError("engine 'transformers' serves chat models; use 'piper' or 'kokoro-onnx'")
+            raise ValueError(
+                "engine 'transformers' serves chat models; use 'piper', 'kokoro-onnx' or 'kokoro'"
+            )
         return self
 
     @property

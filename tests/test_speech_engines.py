@@ -24,6 +24,7 @@ from ai_stack.engines.speech import (
     SpeechEngine,
     assemble_kokoro_ja_model,
     load_kokoro_onnx,
+    load_kokoro_torch,
     load_piper,
     parse_voice_blend,
 )
@@ -80,7 +81,11 @@ def test_importing_the_modules_loads_no_backend() -> None:
 
 def test_engine_table_names_the_loaders() -> None:
     """Engines are found by name in one table."""
-    assert dict(SPEECH_ENGINES) == {"piper": load_piper, "kokoro-onnx": load_kokoro_onnx}
+    assert dict(SPEECH_ENGINES) == {
+        "piper": load_piper,
+        "kokoro-onnx": load_kokoro_onnx,
+        "kokoro": load_kokoro_torch,
+    }
 
 
 # ------------------------------------------------------------------------------------------ Piper

@@ -27,6 +27,8 @@ def load_engine(spec: ModelSpec, config: Config) -> Any:
         )
     if spec.engine in ("piper", "kokoro-onnx"):
         return load_speech_engine(spec, config)
+    if spec.engine == "kokoro":
+        return load_kokoro_torch_engine(spec, config)
     raise ValueError(f"engine {spec.engine!r} is not available in this build")
 
 
@@ -68,4 +70,24 @@ def load_speech_engine(spec: ModelSpec, config: Config) -> Any:
         _speech_path(config, spec.options.get("voices"), "options.voices"),
         cache_dir=config.server.home / "kokoro",
         lang=str(lang),
+    )
+
+
+def load_kokoro_torch_engine(spec: ModelSpec, config: Config) -> Any:
+    """Load Kokoro-82M (PyTorch) from local files: source = the .pth, options config and voices_dir."""
+    from ai_stack.engines.speech import load_kokoro_torch
+
+    if spec.source.startswith("embedded:"):
+        raise ValueError("engine 'kokoro' has no embedded model; set source to a local kokoro-v1_0.pth")
+    voices_dir = _speech_path(config, spec.options.get("voices_dir"), "options.voices_dir")
+    if voices_dir is None:
+        raise ValueError("engine 'kokoro' needs options.voices_dir, a folder of voice .pt files")
+    model_path = _speech_path(config, spec.source, "source")
+    assert model_path is not None
+    return load_kokoro_torch(
+        model_path,
+        _speech_path(config, spec.options.get("config"), "options.config"),
+        voices_dir,
+        lang=str(spec.options.get("lang", "en-us")),
+        device=spec.device,
     )
