@@ -1,13 +1,15 @@
-"""The real default model through a real `ai-stack serve` subprocess, driven by the official openai SDK."""
+"""The real default models through a real `ai-stack serve` subprocess, driven by the official openai SDK."""
 
 from __future__ import annotations
 
+import io
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import av
 import httpx
 import openai
 import pytest
@@ -30,7 +32,9 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     config = tmp_path_factory.mktemp("serve") / "chat.toml"
     config.write_text(
         f'[server]\nhome = "{default.server.home}"\n\n[[models]]\nid = "{spec.id}"\naliases = ["default"]\n'
-        f'source = "{spec.source}"\n'
+        f'source = "{spec.source}"\n\n'
+        '[[models]]\nid = "piper-joe"\naliases = ["tts-1"]\nkind = "speech"\nengine = "piper"\n'
+        'source = "embedded:en_US-joe-medium"\n'
     )
     port = free_port()
     log = (config.parent / "serve.log").open("w")
@@ -51,7 +55,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
                 pass
             time.sleep(0.5)
         models = httpx.get(f"{url}/v1/models").json()["data"]
-        assert models[0]["state"] == "ready", models
+        assert all(m["state"] == "ready" for m in models), models
         yield url
     finally:
         proc.terminate()
@@ -125,3 +129,24 @@ def test_sdk_errors(client: openai.OpenAI) -> None:
         client.post("/chat/completions", body={"model": MODEL, "messages": "not a list"}, cast_to=object)
     completion = client.chat.completions.create(model=MODEL, messages=FRANCE, temperature=0)  # type: ignore[arg-type]
     assert "Paris" in (completion.choices[0].message.content or "")
+
+
+def _decoded_seconds(data: bytes) -> float:
+    with av.open(io.BytesIO(data)) as container:
+        stream = container.streams.audio[0]
+        frames = sum(frame.samples for frame in container.decode(stream))
+        return frames / float(stream.rate)
+
+
+def test_speech_through_the_sdk(client: openai.OpenAI) -> None:
+    text = "Hello from ai-stack. This is the default voice speaking."
+    audio = client.audio.speech.create(model="tts-1", voice="alloy", input=text, response_format="wav")
+    assert audio.content[:4] == b"RIFF"
+    assert _decoded_seconds(audio.content) > 1.0
+    with client.audio.speech.with_streaming_response.create(
+        model="tts-1", voice="alloy", input=text, response_format="mp3"
+    ) as response:
+        streamed = b"".join(response.iter_bytes())
+    assert _decoded_seconds(streamed) > 1.0
+    with pytest.raises(openai.BadRequestError):
+        client.audio.speech.create(model=MODEL, voice="alloy", input=text)
