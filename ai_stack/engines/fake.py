@@ -55,18 +55,14 @@ class FakeChatEngine:
         produced = 0
         try:
             for token in tokens:
-                if cancel.is_set():
-                    with self._lock:
-                        self.cancelled += 1
-                    return Generation("stop", produced)
                 if produced >= params.max_tokens:
                     return Generation("length", produced)
                 if self.token_delay:
                     cancel.wait(self.token_delay)
-                    if cancel.is_set():
-                        with self._lock:
-                            self.cancelled += 1
-                        return Generation("stop", produced)
+                if cancel.is_set():
+                    with self._lock:
+                        self.cancelled += 1
+                    return Generation("stop", produced)
                 produced += 1
                 emit(Piece(token))
             return Generation("stop", produced)

@@ -170,6 +170,15 @@ class PreparedChat:
     stops: list[str]
 
 
+def _usage(chat: PreparedChat, result: RunResult) -> Usage:
+    prompt_tokens = len(chat.prompt.token_ids)
+    return Usage(
+        prompt_tokens=prompt_tokens,
+        completion_tokens=result.completion_tokens,
+        total_tokens=prompt_tokens + result.completion_tokens,
+    )
+
+
 class ChatService:
     """Serves chat completions over the registry's chat models."""
 
@@ -254,7 +263,6 @@ class ChatService:
             watcher.cancel()
             cancel.set()
         self._record(chat, result, started)
-        prompt_tokens = len(chat.prompt.token_ids)
         return ChatCompletion(
             id=f"chatcmpl-{uuid.uuid4().hex}",
             created=int(time.time()),
@@ -262,11 +270,7 @@ class ChatService:
             choices=[
                 Choice(index=0, message=AssistantMessage(content=content), finish_reason=result.finish_reason)
             ],
-            usage=Usage(
-                prompt_tokens=prompt_tokens,
-                completion_tokens=result.completion_tokens,
-                total_tokens=prompt_tokens + result.completion_tokens,
-            ),
+            usage=_usage(chat, result),
         )
 
     async def stream(self, chat: PreparedChat, include_usage: bool) -> AsyncIterator[str]:
@@ -292,12 +296,7 @@ class ChatService:
             yield chunk([ChunkChoice(index=0, delta=Delta(), finish_reason=result.finish_reason)])
             self._record(chat, result, started)
             if include_usage:
-                prompt_tokens = len(chat.prompt.token_ids)
-                usage = Usage(
-                    prompt_tokens=prompt_tokens,
-                    completion_tokens=result.completion_tokens,
-                    total_tokens=prompt_tokens + result.completion_tokens,
-                )
+                usage = _usage(chat, result)
                 yield chunk([], usage)
         except Exception as exc:
             if isinstance(exc, APIError):
