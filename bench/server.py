@@ -31,6 +31,7 @@ CHAT = {
     "kind": "chat",
     "engine": "transformers",
     "source": CHAT_SOURCE,
+    "dtype": "bfloat16",  # the baselines (bench/worker.py) run bf16 too; `auto` packs fp16 on AVX2-only CPUs
 }
 FAKE = {
     "id": "fake-chat",

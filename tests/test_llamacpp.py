@@ -17,7 +17,7 @@ from ai_stack.app import create_app
 from ai_stack.config import Config, default_config_path, load_config
 from ai_stack.engines import resolve_engine
 from ai_stack.engines.base import Piece, SamplingParams
-from ai_stack.sources import converted_dir, parse_source
+from ai_stack.sources import EMBEDDED, assemble_embedded, converted_dir, parse_source
 from tests.conftest import LiveServer, wait_for
 
 llama_cpp = pytest.importorskip(
@@ -269,17 +269,8 @@ def test_engine_cancel_stops_at_the_next_token(engine: Any) -> None:
     assert engine.busy_sequences() == 0
 
 
-def test_concurrent_greedy_answers_equal_answers_run_alone(engine: Any) -> None:
-    questions = [
-        "What is the capital of France?",
-        "Write a Python function that adds two numbers.",
-        "Name three primary colours.",
-        "What is 12 times 12?",
-    ]
-    requests = [[{"role": "user", "content": q}] for q in questions]
-    alone = [generate(engine, messages, max_tokens=24, temperature=0.0)[0] for messages in requests]
-    before = engine.stats["max_batch_seqs"]
-    engine.stats["max_batch_seqs"] = 0
+def run_together(engine: Any, requests: list[list[dict[str, Any]]]) -> list[str]:
+    """Run greedy requests at once (released by a barrier) and return their answers."""
     together: list[str] = [""] * len(requests)
     start = threading.Barrier(len(requests))
 
@@ -292,7 +283,47 @@ def test_concurrent_greedy_answers_equal_answers_run_alone(engine: Any) -> None:
         thread.start()
     for thread in threads:
         thread.join()
-    assert together == alone
-    # They really shared decode steps: some llama_decode call carried several sequences.
+    return together
+
+
+QUESTIONS = [
+    "What is the capital of France? Answer in one word.",
+    "Write a Python function that adds two numbers.",
+    "Name three primary colours.",
+    "What is 12 times 12?",
+]
+
+
+def test_concurrent_requests_share_decode_steps(engine: Any) -> None:
+    """The default (batch_invariant = false): requests run together share llama_decode calls and stay sane."""
+    requests = [[{"role": "user", "content": q}] for q in QUESTIONS]
+    before = engine.stats["max_batch_seqs"]
+    engine.stats["max_batch_seqs"] = 0
+    together = run_together(engine, requests)
     assert engine.stats["max_batch_seqs"] >= 2
     engine.stats["max_batch_seqs"] = max(before, engine.stats["max_batch_seqs"])
+    assert "Paris" in together[0] and "def " in together[1] and "144" in together[3], together
+    assert engine.busy_sequences() == 0
+
+
+def test_batch_invariant_answers_run_together_equal_answers_run_alone(engine: Any) -> None:
+    """With batch_invariant = true, batched greedy answers are the very answers each request gets alone."""
+    from ai_stack.engines.llamacpp import load_llamacpp
+
+    hf = converted_dir(parse_source(f"embedded:{NAME}", Path.cwd()), _home())
+    gguf = assemble_embedded(EMBEDDED[NAME], _home(), progress=False)
+    invariant = load_llamacpp(
+        str(gguf),
+        str(hf) if hf.is_dir() else None,
+        {"parallel": 4, "batch_invariant": True},
+        context_length=1024,
+    )
+    try:
+        requests = [[{"role": "user", "content": q}] for q in QUESTIONS]
+        alone = [generate(invariant, messages, max_tokens=24, temperature=0.0)[0] for messages in requests]
+        together = run_together(invariant, requests)
+        assert together == alone
+        # They really shared decode steps: some llama_decode call carried several sequences.
+        assert invariant.stats["max_batch_seqs"] >= 2
+    finally:
+        invariant.close()

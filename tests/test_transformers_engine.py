@@ -12,7 +12,15 @@ import torch
 from transformers import AutoTokenizer
 
 from ai_stack.engines.base import Piece, SamplingParams
-from ai_stack.engines.transformers import Detokenizer, OpenAIPenalties, load_transformers, pick_dtype
+from ai_stack.engines.transformers import (
+    Detokenizer,
+    OpenAIPenalties,
+    PackedFP16Linear,
+    cpu_packs_fp16,
+    cpu_supports_bf16,
+    load_transformers,
+    pick_dtype,
+)
 from ai_stack.serving.chat import StopMatcher
 from tests.conftest import wait_for, wait_ready
 from tests.tiny_models import build_tiny_model
@@ -208,5 +216,79 @@ def test_openai_penalties_lower_repeated_tokens() -> None:
 
 
 def test_auto_dtype_on_cpu() -> None:
-    assert pick_dtype("auto", "cpu") in (torch.bfloat16, torch.float32)
+    expected = torch.bfloat16 if cpu_supports_bf16() else torch.float16 if cpu_packs_fp16() else torch.float32
+    assert pick_dtype("auto", "cpu") == expected
     assert pick_dtype("float32", "cpu") == torch.float32
+
+
+needs_fbgemm = pytest.mark.skipif(not cpu_packs_fp16(), reason="fbgemm fp16 GEMM needs an x86 CPU with AVX2")
+
+
+@needs_fbgemm
+def test_packed_fp16_linear_is_a_linear_with_fp16_weights() -> None:
+    linear = torch.nn.Linear(64, 48)
+    packed = PackedFP16Linear(linear)
+    x = torch.randn(2, 3, 64)
+    expected = torch.nn.functional.linear(x, linear.weight.half().float(), linear.bias)
+    got = packed(x)
+    assert got.shape == (2, 3, 48) and got.dtype == torch.float32
+    assert torch.allclose(got, expected, atol=1e-4)
+    assert packed.out_features == 48 and "fp16 packed" in repr(packed)
+
+
+@needs_fbgemm
+def test_float16_on_cpu_packs_every_linear_and_answers_like_float32(tiny_dirs: dict[str, Path]) -> None:
+    reference = load_transformers(str(tiny_dirs["qwen3"]), dtype="float32")
+    packed = load_transformers(str(tiny_dirs["qwen3"]), dtype="float16")
+    try:
+        modules = list(packed.model.modules())
+        assert not any(type(m) is torch.nn.Linear for m in modules)
+        assert sum(type(m) is PackedFP16Linear for m in modules) > 0
+        assert all(p.dtype == torch.float32 for p in packed.model.parameters())
+        assert packed.vocab_size == reference.vocab_size
+        ids = torch.tensor([reference.render([{"role": "user", "content": "Hello there"}], {}).token_ids])
+        with torch.inference_mode():
+            want = reference.model(input_ids=ids).logits
+            got = packed.model(input_ids=ids).logits
+        assert torch.allclose(got, want, atol=2e-2), (got - want).abs().max()
+    finally:
+        reference.close()
+        packed.close()
+
+
+@needs_fbgemm
+def test_float16_model_serves_chat_and_batches(app_client: Any, tiny_dirs: dict[str, Path]) -> None:
+    client = app_client([{"id": "q", "source": str(tiny_dirs["llama"]), "dtype": "float16"}])
+    wait_ready(client, "q", timeout=60)
+    body = {"model": "q", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 12, "temperature": 0}
+    results: list[Any] = [None] * 4
+
+    def one(i: int) -> None:
+        results[i] = client.post("/v1/chat/completions", json=body)
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert all(r.status_code == 200 for r in results), [r.text for r in results]
+    assert all(r.json()["usage"]["completion_tokens"] > 0 for r in results)
+    engine = client.app.state.registry.entries["q"].engine
+    assert isinstance(engine.model.model.layers[0].mlp.up_proj, PackedFP16Linear)
+    # Straight to the engine: four requests released together share decode steps.
+    engine.peak_batch = 0
+    start = threading.Barrier(4)
+    counts: list[int] = [0] * 4
+
+    def direct(i: int) -> None:
+        prompt = engine.render([{"role": "user", "content": f"Count to {i + 3}"}], {})
+        start.wait()
+        params = SamplingParams(max_tokens=40, temperature=0.0)
+        counts[i] = engine.generate(prompt, params, threading.Event(), lambda piece: None).completion_tokens
+
+    threads = [threading.Thread(target=direct, args=(i,)) for i in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert all(count > 0 for count in counts) and engine.peak_batch >= 2

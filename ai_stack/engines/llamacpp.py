@@ -112,7 +112,7 @@ class LlamaCppChatEngine(HFTextMixin):
         n_batch: int = 512,
         context_length: int | None = None,
         gpu: bool = False,
-        batch_invariant: bool = True,
+        batch_invariant: bool = False,
     ) -> None:
         import llama_cpp
 
@@ -454,7 +454,7 @@ def load_llamacpp(
     parallel = _int_option(options, "parallel", 4)
     n_threads = _int_option(options, "n_threads", physical_cores())
     n_batch = _int_option(options, "n_batch", 512, minimum=8)
-    batch_invariant = options.get("batch_invariant", True)
+    batch_invariant = options.get("batch_invariant", False)
     if not isinstance(batch_invariant, bool):
         raise EngineLoadError(f"option 'batch_invariant' must be true or false, got {batch_invariant!r}")
     if device not in ("auto", "cpu") and not llama_cpp.llama_supports_gpu_offload():

@@ -47,9 +47,51 @@ class EngineLoadError(Exception):
 
 
 def cpu_supports_bf16() -> bool:
-    """Whether bf16 is the better CPU dtype: native bf16 units, or AVX2+ where bf16 halves memory traffic."""
-    capability = torch.backends.cpu.get_cpu_capability()
-    return capability in ("AVX2", "AVX512", "AVX512_BF16", "AMX")
+    """Whether this CPU has native bf16 units (AVX512-BF16 or AMX), where bf16 matmuls batch well."""
+    return torch.backends.cpu.get_cpu_capability() in ("AVX512_BF16", "AMX")
+
+
+def cpu_packs_fp16() -> bool:
+    """Whether fbgemm's fp16-weight GEMM runs here (x86 with AVX2): the fast CPU path for linear layers."""
+    if "fbgemm" not in torch.backends.quantized.supported_engines:
+        return False
+    return torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512", "AVX512_BF16", "AMX")
+
+
+class PackedFP16Linear(torch.nn.Module):
+    """A linear layer with its weight packed in fp16 for fbgemm: float32 in and out, half the weight traffic.
+
+    On CPUs without bf16 units, PyTorch's bf16 matmul is fast for one row but nearly linear in the number of
+    rows, so a batch of decode steps costs almost as much as running them one by one; fbgemm's fp16 GEMM
+    reads the same 2 bytes per weight and batches like float32.
+    """
+
+    def __init__(self, linear: torch.nn.Linear) -> None:
+        super().__init__()
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+        bias = None if linear.bias is None else linear.bias.detach().float()
+        self.packed = torch.ops.quantized.linear_prepack_fp16(linear.weight.detach().float(), bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x @ W.T + b with the packed weight."""
+        out: torch.Tensor = torch.ops.quantized.linear_dynamic_fp16(x, self.packed)
+        return out
+
+    def extra_repr(self) -> str:
+        """Shown by print(model)."""
+        return f"in_features={self.in_features}, out_features={self.out_features}, fp16 packed (fbgemm)"
+
+
+def pack_fp16_linears(model: torch.nn.Module) -> int:
+    """Swap every nn.Linear of model for a PackedFP16Linear, one at a time; the rest goes to float32."""
+    count = 0
+    for module in list(model.modules()):
+        for child_name, child in list(module.named_children()):
+            if type(child) is torch.nn.Linear:
+                setattr(module, child_name, PackedFP16Linear(child))
+                count += 1
+    model.float()
+    return count
 
 
 def pick_device(requested: str) -> str:
@@ -68,14 +110,21 @@ def pick_device(requested: str) -> str:
 
 
 def pick_dtype(requested: str, device: str) -> torch.dtype:
-    """Resolve 'auto' to bf16 on CUDA (fp16 on old GPUs) and capable CPUs, fp16 on MPS, else float32."""
+    """Resolve 'auto': bf16 on CUDA (fp16 on old GPUs), fp16 on MPS; on CPU see cpu_dtype."""
     if requested != "auto":
         return {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}[requested]
     if device.startswith("cuda"):
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     if device == "mps":
         return torch.float16
-    return torch.bfloat16 if cpu_supports_bf16() else torch.float32
+    return cpu_dtype()
+
+
+def cpu_dtype() -> torch.dtype:
+    """bf16 on CPUs with bf16 units, fp16 (packed for fbgemm) on other x86 CPUs with AVX2, else float32."""
+    if cpu_supports_bf16():
+        return torch.bfloat16
+    return torch.float16 if cpu_packs_fp16() else torch.float32
 
 
 def quantization_config(quantization: str, device: str, dtype: torch.dtype) -> Any:
@@ -365,7 +414,7 @@ class TransformersChatEngine(HFTextMixin):
         self.eos_ids = {int(e) for e in eos_list if e is not None}
         if tokenizer.eos_token_id is not None:
             self.eos_ids.add(int(tokenizer.eos_token_id))
-        self.vocab_size = int(model.get_output_embeddings().weight.shape[0])
+        self.vocab_size = int(model.get_output_embeddings().out_features)
         self._lltokenizer: Any = None
         self._lltokenizer_lock = threading.Lock()
         self._texts: TokenTexts | None = None
@@ -667,7 +716,9 @@ def load_transformers(
     resolved_device = pick_device(device)
     torch_dtype = pick_dtype(dtype, resolved_device)
     quant = quantization_config(quantization, resolved_device, torch_dtype)
-    kwargs: dict[str, Any] = {"dtype": torch_dtype}
+    # fp16 on CPU: load the checkpoint as it is stored, then pack each linear layer's weight for fbgemm.
+    packed = resolved_device == "cpu" and torch_dtype == torch.float16 and quant is None and cpu_packs_fp16()
+    kwargs: dict[str, Any] = {"dtype": "auto" if packed else torch_dtype}
     if quant is not None:
         kwargs["quantization_config"] = quant
         kwargs["device_map"] = resolved_device
@@ -678,6 +729,8 @@ def load_transformers(
         raise EngineLoadError(f"cannot load {location!r}: {exc}") from None
     if quant is None:
         model.to(resolved_device)  # type: ignore[arg-type]
+    if packed:
+        pack_fp16_linears(model)
     model.eval()  # type: ignore[no-untyped-call]
     with torch.inference_mode():  # warm-up: the first forward pass pays one-time kernel set-up costs
         warm = torch.tensor([[tokenizer.eos_token_id or 0]], device=model.device)
@@ -687,7 +740,7 @@ def load_transformers(
         "loaded %s on %s (%s%s) in %.1f s, context %d",
         location,
         resolved_device,
-        str(torch_dtype).removeprefix("torch."),
+        "fp16 packed for fbgemm, fp32 compute" if packed else str(torch_dtype).removeprefix("torch."),
         f", {quantization}" if quant is not None else "",
         time.monotonic() - started,
         limit,

@@ -22,6 +22,7 @@ MAXTOK = int(os.environ.get("MAXTOK", "64"))
 MESSAGES = [{"role": "user", "content": "Write a long story about a brave dragon who learns to code."}]
 PORT = 8931
 THREADS = int(os.environ.get("THREADS", "2"))
+INVARIANT = os.environ.get("BATCH_INVARIANT", "true")
 cfg = f"""[server]
 home = "{HOME}"
 log_level = "warning"
@@ -30,7 +31,7 @@ id = "m"
 engine = "llamacpp"
 source = "embedded:qwen2.5-coder-0.5b-instruct"
 context_length = 4096
-options = {{ parallel = {PARALLEL}, n_threads = {THREADS} }}
+options = {{ parallel = {PARALLEL}, n_threads = {THREADS}, batch_invariant = {INVARIANT} }}
 """
 pathlib.Path("/tmp/bench_llama.toml").write_text(cfg)
 server_log = open("/tmp/bench_server.log", "w")  # noqa: SIM115 - open for the server's whole life

@@ -14,7 +14,7 @@ from ai_stack.engines.base import SamplingParams
 from ai_stack.engines.transformers import load_transformers
 
 MODEL = os.path.expanduser("~/.cache/ai-stack/converted/qwen2.5-coder-0.5b-instruct-1d9614638d18")
-N = 64
+N = int(os.environ.get("MAXTOK", 64))
 REPS = int(os.environ.get("REPS", 3))
 CONC = [int(c) for c in os.environ.get("CONC", "2,4,8").split(",") if c]
 QUESTIONS = [
