@@ -83,15 +83,21 @@ class PackedFP16Linear(torch.nn.Module):
 
 
 def pack_fp16_linears(model: torch.nn.Module) -> int:
-    """Swap every nn.Linear of model for a PackedFP16Linear, one at a time; the rest goes to float32."""
-    count = 0
-    for module in list(model.modules()):
-        for child_name, child in list(module.named_children()):
-            if type(child) is torch.nn.Linear:
-                setattr(module, child_name, PackedFP16Linear(child))
-                count += 1
+    """Swap every nn.Linear of model for a PackedFP16Linear, one at a time; the rest goes to float32.
+
+    Only (parent, name) pairs are held, so each original weight is freed as soon as its layer is packed:
+    peak memory stays near the model's loaded size.
+    """
+    targets = [
+        (parent, name)
+        for parent in model.modules()
+        for name, child in parent.named_children()
+        if type(child) is torch.nn.Linear
+    ]
+    for parent, name in targets:
+        setattr(parent, name, PackedFP16Linear(getattr(parent, name)))
     model.float()
-    return count
+    return len(targets)
 
 
 def pick_device(requested: str) -> str:
