@@ -21,6 +21,7 @@ class Settings:
     ttft_tokens: int
     long_functions: int
     fp32_arm: bool
+    engine_arms: bool  # also serve the fp16-packed and llama.cpp engines (chat table + their own sweep)
     sweep_levels: list[int]
     sweep_tokens: int
     batch_levels: list[int]
@@ -62,6 +63,7 @@ class Settings:
                 ttft_tokens=1,
                 long_functions=4,
                 fp32_arm=True,
+                engine_arms=True,
                 sweep_levels=[1, 2, 4],
                 sweep_tokens=8,
                 batch_levels=[1, 2, 4],
@@ -83,6 +85,7 @@ class Settings:
             ttft_tokens=1,
             long_functions=33,
             fp32_arm=True,
+            engine_arms=True,
             sweep_levels=[1, 2, 4, 8, 16],
             sweep_tokens=48,
             batch_levels=[1, 2, 4, 8],

@@ -213,7 +213,11 @@ class Report:
                 f"÷ {bf16_bytes / GB:.3f} GB/token",
             )
         ]
-        per_token = {"llama.cpp": gguf_bytes, "ai-stack fp32": 2 * bf16_bytes}
+        per_token = {
+            "llama.cpp": gguf_bytes,
+            "ai-stack llama.cpp": gguf_bytes,
+            "ai-stack fp32": 2 * bf16_bytes,
+        }
         for arm, summary in chat.get("summary", {}).items():
             achieved = summary.get("decode_tok_s", {}).get("median")
             size = per_token.get(arm, bf16_bytes)
@@ -240,7 +244,10 @@ class Report:
             f"long {tokens.get('long')} tokens, decode prompt {tokens.get('decode')} tokens. ai-stack is measured "
             "through `ai-stack serve` with a streaming HTTP client; transformers is `model.generate` in its own "
             "process on the same bf16 folder; llama.cpp is llama-cpp-python on the same Q4_K_M GGUF (it reads "
-            "4-bit weights, ai-stack and transformers read bf16). TTFT = request sent → first content token; "
+            "4-bit weights, ai-stack and transformers read bf16). Other ai-stack arms, when present: `fp32` "
+            "(dtype float32), `fp16 packed` (dtype float16: fbgemm fp16 GEMM, what `auto` picks on CPUs "
+            "without bf16 units) and `llama.cpp` (the llama.cpp engine on the GGUF). "
+            "TTFT = request sent → first content token; "
             "decode tok/s = (tokens − 1) ÷ (last token − first token).",
             "",
         )
@@ -275,7 +282,7 @@ class Report:
             )
         if rows:
             self.add(
-                "ai-stack (default bf16) relative to each other arm (>1: ai-stack faster): median of the "
+                "ai-stack (bf16) relative to each other arm (>1: ai-stack faster): median of the "
                 "per-repetition ratios (min–max, n). Best-of-n compares each arm's best repetition (highest "
                 "tok/s, lowest TTFT), the least disturbed by other tenants of a shared machine.",
                 "",
@@ -307,7 +314,48 @@ class Report:
                 "",
             )
         self.sweep(section.get("sweep", {}), section.get("summary", {}))
+        self.engine_sweep(section.get("engine_sweep", {}))
         self.profile(section.get("profile", {}))
+
+    def engine_sweep(self, sweep: dict[str, Any]) -> None:
+        """The other engines under N concurrent streams: aggregate tok/s and its ratio to 1 client."""
+        by_arm = sweep.get("levels", {})
+        if not by_arm:
+            return
+        self.add(
+            "### Concurrency sweep of the other engines",
+            "",
+            f"Same load ({sweep.get('max_tokens')} new tokens per stream), levels alternated across these "
+            "servers. Ratio = aggregate ÷ the same server's 1-client aggregate (both include prefill).",
+            "",
+        )
+        rows = []
+        for arm, levels in by_arm.items():
+            base = next((lv["aggregate_tok_s"] for lv in levels if lv["clients"] == 1), None)
+            for level in levels:
+                ratio = level["aggregate_tok_s"] / base if base else None
+                rows.append(
+                    [
+                        arm,
+                        level["clients"],
+                        fmt(level["aggregate_tok_s"]),
+                        fmt(level["ttft"]["p50"], 2),
+                        fmt(ratio) + ("×" if ratio else ""),
+                    ]
+                )
+        self.add(*_table(["server", "clients", "aggregate tok/s", "p50 TTFT (s)", "÷ 1 client"], rows))
+
+        def throughput(ax: Any) -> None:
+            for arm, levels in by_arm.items():
+                xs = [lv["clients"] for lv in levels]
+                ax.plot(xs, [lv["aggregate_tok_s"] for lv in levels], "o-", label=arm)
+            ax.set_xscale("log", base=2)
+            ax.set_xlabel("concurrent clients")
+            ax.set_ylabel("aggregate tokens/s")
+            ax.legend(fontsize=7)
+            ax.grid(alpha=0.3)
+
+        self.plot("engines-vs-concurrency", throughput)
 
     def sweep(self, sweep: dict[str, Any], summary: dict[str, Any]) -> None:
         levels = sweep.get("levels", [])

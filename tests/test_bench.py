@@ -173,6 +173,15 @@ def fake_results() -> dict[str, Any]:
                     ],
                     "transformers_batch": [{"clients": c, "aggregate_tok_s": 9.0 * c} for c in (1, 2)],
                 },
+                "engine_sweep": {
+                    "max_tokens": 12,
+                    "levels": {
+                        "ai-stack llama.cpp": [
+                            {"clients": c, "aggregate_tok_s": 40.0 + 7.0 * c, "ttft": summarize([0.3] * c)}
+                            for c in (1, 8)
+                        ]
+                    },
+                },
                 "profile": {"skipped": "py-spy is not installed"},
                 "llama_cpp_skipped": "not installed",
             },
@@ -188,6 +197,7 @@ def test_report_renders_tables_plots_and_skips(tmp_path: Path) -> None:
     assert path.name == "2026-01-01-cpu-2c-8gb-quick.md"
     assert "Test CPU" in text and "1.15\u00d7" in text
     assert "no CUDA" in text and "boom" in text and "not installed" in text
+    assert "| ai-stack llama.cpp | 8 | 96.00 | 0.30 | 2.04\u00d7 |" in text  # engine sweep: 96 / 47
     pngs = sorted(p.name for p in tmp_path.glob("*.png"))
     assert pngs and all(name.startswith("2026-01-01-cpu-2c-8gb-quick") for name in pngs)
     for name in pngs:

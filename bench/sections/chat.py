@@ -17,6 +17,9 @@ from bench.stats import alternation, decode_rate, ratio_summary, summarize
 
 AI = "ai-stack"
 AI32 = "ai-stack fp32"
+AI16 = "ai-stack fp16 packed"  # dtype float16 on CPU: fbgemm fp16 GEMM (what `auto` picks on AVX2-only CPUs)
+AILL = "ai-stack llama.cpp"  # the llama.cpp engine on the GGUF
+ENGINE_ARMS = (AI16, AILL)
 
 
 def _sample(result: dict[str, Any]) -> dict[str, Any]:
@@ -31,28 +34,40 @@ def run_chat(run: Run) -> dict[str, Any]:
     tmp = Path(tempfile.mkdtemp(prefix="ai-stack-bench-chat-"))
     result: dict[str, Any] = {"model": CHAT["id"], "converted_folder": str(folder), "gguf": str(gguf)}
     server = ServerProcess([CHAT], workdir=tmp)
-    tmp32 = tmp / "fp32"
-    tmp32.mkdir()
-    server32 = ServerProcess([{**CHAT, "dtype": "float32"}], workdir=tmp32)
+    servers: dict[str, ServerProcess] = {AI: server}
+    if s.fp32_arm:
+        (tmp / "fp32").mkdir()
+        servers[AI32] = ServerProcess([{**CHAT, "dtype": "float32"}], workdir=tmp / "fp32")
+    missing = llama_cpp_missing()
+    if s.engine_arms:
+        (tmp / "fp16").mkdir()
+        servers[AI16] = ServerProcess([{**CHAT, "dtype": "float16"}], workdir=tmp / "fp16")
+        if missing is None:
+            (tmp / "llamacpp").mkdir()
+            llama_spec = {
+                **CHAT,
+                "engine": "llamacpp",
+                "context_length": 4096,
+                "options": {"parallel": max(s.sweep_levels)},
+            }
+            servers[AILL] = ServerProcess([llama_spec], workdir=tmp / "llamacpp")
     workers: dict[str, WorkerProcess] = {}
     try:
-        run.log("chat: starting ai-stack serve (chat model only) and the baseline workers")
-        server.start()
-        if s.fp32_arm:
-            server32.start()
+        run.log(f"chat: starting the ai-stack servers ({', '.join(servers)}) and the baseline workers")
+        for each in servers.values():
+            each.start()
         workers["transformers"] = WorkerProcess("transformers", folder, tmp / "transformers.log")
-        missing = llama_cpp_missing()
         if missing is None:
             workers["llama.cpp"] = WorkerProcess("llama", gguf, tmp / "llama.log")
         else:
             result["llama_cpp_skipped"] = missing
         result["workers"] = {name: w.ready for name, w in workers.items()}
-        arms = [AI, *([AI32] if s.fp32_arm else []), *workers]
+        arms = [*servers, *workers]
         long = long_messages(s.long_functions)
 
         def call(arm: str, messages: list[dict[str, Any]], max_tokens: int) -> dict[str, Any]:
-            if arm in (AI, AI32):
-                return one_stream((server if arm == AI else server32).url, messages, max_tokens)
+            if arm in servers:
+                return one_stream(servers[arm].url, messages, max_tokens)
             return workers[arm].call(op="generate", messages=messages, max_tokens=max_tokens)
 
         for arm in arms:  # warm every path once (first HTTP connection, tokenizer caches)
@@ -98,12 +113,15 @@ def run_chat(run: Run) -> dict[str, Any]:
             for base in arms[1:]
         }
         result["sweep"] = run.guarded("chat sweep", lambda: _sweep(run, server, workers.get("transformers")))
+        engines = {arm: servers[arm] for arm in ENGINE_ARMS if arm in servers}
+        if engines:
+            result["engine_sweep"] = run.guarded("chat engine sweep", lambda: _engine_sweep(run, engines))
         result["profile"] = run.guarded("chat profile", lambda: _profile(run, server, tmp))
     finally:
         for worker in workers.values():
             worker.stop()
-        server.stop()
-        server32.stop()
+        for each in servers.values():
+            each.stop()
         shutil.rmtree(tmp, ignore_errors=True)
     return result
 
@@ -137,6 +155,21 @@ def _sweep(run: Run, server: ServerProcess, transformers: WorkerProcess | None) 
         "peak_rss_bytes": rss.peak,
         "rss_before_bytes": server.rss.get("ready", 0),
     }
+
+
+def _engine_sweep(run: Run, servers: dict[str, ServerProcess]) -> dict[str, Any]:
+    """The concurrency sweep against the other engines' servers, levels alternated across arms."""
+    s = run.settings
+    levels: dict[str, list[dict[str, Any]]] = {arm: [] for arm in servers}
+    for index, clients in enumerate(s.sweep_levels):
+        order = list(servers) if index % 2 == 0 else list(reversed(servers))
+        for arm in order:
+            run.log(f"chat engine sweep: {arm}, {clients} concurrent streaming clients")
+            level = asyncio.run(concurrent_streams(servers[arm].url, clients, STORY, s.sweep_tokens))
+            run.log(f"chat engine sweep:   {level['aggregate_tok_s']:.2f} tok/s, wall {level['wall_s']:.1f}s")
+            level["ttft"] = summarize(level["ttft_s"])
+            levels[arm].append(level)
+    return {"max_tokens": s.sweep_tokens, "levels": levels}
 
 
 def _profile(run: Run, server: ServerProcess, tmp: Path) -> dict[str, Any]:
