@@ -300,6 +300,27 @@ class Report:
                     rows,
                 )
             )
+        engine_rows = [
+            [
+                pair,
+                fmt_ratio(ratios.get("decode_tok_s"), 3),
+                fmt_ratio(ratios.get("ttft_short")),
+                f"{ratios.get('ttft_short_diff_s', 0.0) * 1000:+.0f} ms",
+                fmt_ratio(ratios.get("ttft_long")),
+            ]
+            for pair, ratios in section.get("engine_ratios", {}).items()
+        ]
+        if engine_rows:
+            self.add(
+                "An engine over HTTP against the library it wraps, on the same file (>1: ai-stack faster):",
+                "",
+            )
+            self.add(
+                *_table(
+                    ["pair", "decode tok/s", "TTFT short", "TTFT short, difference of medians", "TTFT long"],
+                    engine_rows,
+                )
+            )
         workers = section.get("workers", {})
         if workers:
             self.add(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import shutil
+import statistics
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -111,6 +112,18 @@ def run_chat(run: Run) -> dict[str, Any]:
                 "request": ratio_summary(metrics[base]["request_s"], metrics[AI]["request_s"]),
             }
             for base in arms[1:]
+        }
+        # Each engine arm against the plain library it wraps (same file, same run): > 1 means ai-stack faster.
+        pairs = [(AILL, "llama.cpp")] if AILL in metrics and "llama.cpp" in metrics else []
+        result["engine_ratios"] = {
+            f"{arm} vs {base}": {
+                "decode_tok_s": ratio_summary(metrics[arm]["decode_tok_s"], metrics[base]["decode_tok_s"]),
+                "ttft_short": ratio_summary(metrics[base]["ttft_short_s"], metrics[arm]["ttft_short_s"]),
+                "ttft_short_diff_s": statistics.median(metrics[arm]["ttft_short_s"])
+                - statistics.median(metrics[base]["ttft_short_s"]),
+                "ttft_long": ratio_summary(metrics[base]["ttft_long_s"], metrics[arm]["ttft_long_s"]),
+            }
+            for arm, base in pairs
         }
         result["sweep"] = run.guarded("chat sweep", lambda: _sweep(run, server, workers.get("transformers")))
         engines = {arm: servers[arm] for arm in ENGINE_ARMS if arm in servers}
