@@ -317,3 +317,46 @@ def test_n_three_choices(client: openai.OpenAI) -> None:
     assert sorted(texts) == [0, 1] and finished == {0, 1}
     # The same seed gives the same first choice, streamed or not.
     assert texts[0] == completion.choices[0].message.content
+
+
+def test_transformers_engine_on_the_default_model_with_the_cpu_default_dtype() -> None:
+    """The transformers engine on the real model with `dtype = "auto"` (fp16 packed on AVX2-only CPUs):
+    a right answer alone, and four greedy requests decoded together that all answer sensibly."""
+    import threading
+
+    from ai_stack.engines.base import SamplingParams
+    from ai_stack.engines.transformers import load_transformers
+
+    default = load_config(default_config_path())
+    folder = converted_dir(parse_source(f"embedded:{MODEL}", Path.cwd()), default.server.home)
+    if not (folder / "config.json").exists():
+        pytest.skip(f"the converted model is not cached at {folder}: run `make install` (ai-stack prepare)")
+    engine = load_transformers(str(folder), dtype="auto")
+    try:
+        questions = [
+            "What is the capital of France? Answer in one word.",
+            "What is 12 times 12? Answer with the number only.",
+            "What is the capital of Italy? Answer in one word.",
+            "Write a Python function named add that adds two numbers.",
+        ]
+        answers = [""] * len(questions)
+        start = threading.Barrier(len(questions))
+
+        def ask(index: int) -> None:
+            prompt = engine.render([{"role": "user", "content": questions[index]}], {})
+            pieces: list[str] = []
+            start.wait()
+            params = SamplingParams(max_tokens=40, temperature=0.0)
+            engine.generate(prompt, params, threading.Event(), lambda piece: pieces.append(piece.text))
+            answers[index] = "".join(pieces)
+
+        threads = [threading.Thread(target=ask, args=(i,)) for i in range(len(questions))]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert "Paris" in answers[0] and "144" in answers[1] and "Rome" in answers[2], answers
+        assert "def add" in answers[3], answers
+        assert engine.peak_batch >= 2
+    finally:
+        engine.close()
