@@ -268,3 +268,62 @@ def test_the_scheduler_thread_ends_when_idle_and_restarts(
     assert wait_for(lambda: engine._thread is None, 10)
     second = run_alone(engine, fresh(first))
     assert second.text == first.text and second.result == first.result
+
+
+class LoggedPieces(list[Piece]):
+    """A run's pieces that also record, in one shared list, which run emitted each piece, in order."""
+
+    def __init__(self, name: str, events: list[tuple[str, int]]) -> None:
+        super().__init__()
+        self.name, self.events = name, events
+
+    def append(self, piece: Piece) -> None:
+        self.events.append((self.name, piece.tokens))
+        super().append(piece)
+
+
+def test_a_long_prompt_is_prefilled_in_chunks_between_decode_steps(tiny_dirs: dict[str, Path]) -> None:
+    engine = load_transformers(str(tiny_dirs["llama"]), dtype="float32", prefill_chunk=8)
+    engine.eos_ids = set()
+    try:
+        question = "Tell me about " + ", ".join(f"item {i}" for i in range(40))
+        length = len(engine.render([{"role": "user", "content": question}], {}).token_ids)
+        assert length > 64
+        alone = run_alone(engine, Run(question, SamplingParams(max_tokens=4, temperature=0.0)))
+        events: list[tuple[str, int]] = []
+        short = Run("Hi", SamplingParams(max_tokens=length, temperature=0.0))
+        long = Run(question, SamplingParams(max_tokens=4, temperature=0.0))
+        short.pieces = LoggedPieces("short", events)
+        long.pieces = LoggedPieces("long", events)
+        run_together(engine, [short, long])
+        assert isinstance(long.result, Generation) and long.result == Generation("length", 4)
+        assert long.text == alone.text  # chunked prefill answers as a prompt fed at once
+        # While the long prompt went in, 8 tokens at a time, the short request kept streaming: one decode
+        # step after each chunk, so about length / 8 of its tokens came before the long one's first token.
+        first_long = next(i for i, (name, _) in enumerate(events) if name == "long")
+        before = sum(tokens for _, tokens in events[1:first_long])  # after the one emitted before release
+        assert before >= length // 8 - 1, (before, length)
+        assert engine.peak_batch == 2
+    finally:
+        engine.close()
+
+
+def test_cancel_during_a_chunked_prefill(tiny_dirs: dict[str, Path]) -> None:
+    engine = load_transformers(str(tiny_dirs["llama"]), dtype="float32", prefill_chunk=4)
+    engine.eos_ids = set()
+    try:
+        question = "Tell me about " + ", ".join(f"item {i}" for i in range(40))
+        short = Run("Hi", SamplingParams(max_tokens=60, temperature=0.0))
+        long = Run(question, SamplingParams(max_tokens=8, temperature=0.0))
+
+        def cancel_long_soon() -> None:
+            threading.Timer(0.05, long.cancel.set).start()
+
+        run_together(engine, [short, long], before_release=cancel_long_soon)
+        assert isinstance(short.result, Generation) and short.result.completion_tokens == 60
+        assert isinstance(long.result, (Generation, GenerationCancelled)), long.result
+        if isinstance(long.result, Generation):
+            assert long.result.completion_tokens < 8
+        assert engine._prefill is None and not engine._rows
+    finally:
+        engine.close()

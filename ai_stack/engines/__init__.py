@@ -49,6 +49,7 @@ def load_engine(spec: ModelSpec, config: Config) -> Any:
             quantization=spec.quantization,
             context_length=spec.context_length,
             max_batch=int(spec.options.get("max_batch", 8)),
+            prefill_chunk=int(spec.options.get("prefill_chunk", 256)),
         )
     else:
         loaded = None

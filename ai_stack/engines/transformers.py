@@ -39,6 +39,7 @@ from ai_stack.engines.base import (
 log = logging.getLogger(__name__)
 
 DEFAULT_MAX_BATCH = 8  # concurrent requests decoded together; more wait for a free row
+DEFAULT_PREFILL_CHUNK = 256  # prompt tokens prefilled between two decode steps while other requests stream
 IDLE_EXIT_S = 5.0  # the scheduler thread ends after this long with nothing to do (a new request restarts it)
 
 
@@ -311,6 +312,15 @@ class _Request:
     result: Generation | BaseException | None = None
 
 
+@dataclass
+class _Prefill:
+    """A request whose prompt is fed to the model in chunks: its row, its own cache, tokens fed so far."""
+
+    row: _Row
+    cache: Any = None
+    fed: int = 0
+
+
 class _Row:
     """A request's sampling state while it generates: its processors, generator, tokens and detokenizer."""
 
@@ -400,13 +410,21 @@ class TransformersChatEngine(HFTextMixin):
     """A causal LM and its tokenizer; a scheduler thread batches the decode steps of concurrent requests.
 
     Each request is prefilled alone, then joins the running batch: its KV cache is left-padded to the batch's
-    length and concatenated along the batch axis. One forward pass per step decodes a token for every row;
-    each row then goes through its own logits processing, sampling (its own generator) and stop checks, and
-    leaves the batch when it ends. A batch of one runs the single-request path (no mask, no positions).
+    length and concatenated along the batch axis. While other requests stream, prompts are fed in chunks of at
+    most `prefill_chunk` tokens between two decode steps, so a long prompt does not stall them. One forward
+    pass per step decodes a token for every row; each row then goes through its own logits processing,
+    sampling (its own generator) and stop checks, and leaves the batch when it ends. A batch of one runs the
+    single-request path (no mask, no positions).
     """
 
     def __init__(
-        self, model: Any, tokenizer: Any, device: str, context_length: int, max_batch: int = DEFAULT_MAX_BATCH
+        self,
+        model: Any,
+        tokenizer: Any,
+        device: str,
+        context_length: int,
+        max_batch: int = DEFAULT_MAX_BATCH,
+        prefill_chunk: int = DEFAULT_PREFILL_CHUNK,
     ) -> None:
         self.model, self.tokenizer, self.device, self.context_length = (
             model,
@@ -415,6 +433,7 @@ class TransformersChatEngine(HFTextMixin):
             context_length,
         )
         self.max_batch = max(1, int(max_batch))
+        self.prefill_chunk = max(1, int(prefill_chunk))
         eos = model.generation_config.eos_token_id
         eos_list = eos if isinstance(eos, list) else [eos]
         self.eos_ids = {int(e) for e in eos_list if e is not None}
@@ -430,6 +449,7 @@ class TransformersChatEngine(HFTextMixin):
         self._thread: threading.Thread | None = None
         self._closed = False
         self._rows: list[_Row] = []
+        self._prefill: _Prefill | None = None  # the request being prefilled, not yet in the batch
         self._cache: Any = None
         self._mask: torch.Tensor | None = None  # [rows, cached tokens]: 1 real token, 0 left padding
         self._padded = False
@@ -473,23 +493,19 @@ class TransformersChatEngine(HFTextMixin):
     # -- the scheduler thread ------------------------------------------------------------------------------
 
     def _schedule(self) -> None:
-        """Admit waiting requests between decode steps, decode all active rows together; exit when idle."""
+        """Prefill waiting requests and decode all active rows together, step by step; exit when idle."""
         with torch.inference_mode():
             while True:
                 with self._cond:
                     if self._closed:
                         break
-                    if not self._rows and not self._waiting:
+                    if not self._rows and not self._waiting and self._prefill is None:
                         self._cond.wait(IDLE_EXIT_S)
                         if not self._waiting and not self._closed:
                             self._thread = None  # idle: a later generate() starts a fresh thread
                             return
                         continue
-                    admitted: list[_Request] = []
-                    while self._waiting and len(self._rows) + len(admitted) < self._capacity():
-                        admitted.append(self._waiting.popleft())
-                for request in admitted:
-                    self._admit(request)
+                self._fill()
                 if self._rows:
                     try:
                         self._decode_step()
@@ -506,29 +522,74 @@ class TransformersChatEngine(HFTextMixin):
         self._fail_batch(closed)
 
     def _fail_batch(self, exc: BaseException) -> None:
-        for row in self._rows:
+        rows = self._rows + ([self._prefill.row] if self._prefill is not None else [])
+        for row in rows:
             if row.finish is None and row.error is None:
                 row.error = exc
             self._finish(row)
         self._rows, self._cache, self._mask, self._padded = [], None, None, False
+        self._prefill = None
 
     def _capacity(self) -> int:
         """max_batch once the first prefill showed the cache can be merged; one row until then or if not."""
         return self.max_batch if self._batchable else 1
 
-    def _admit(self, request: _Request) -> None:
-        """Prefill one request alone, take its first token, and merge its cache into the batch."""
+    def _fill(self) -> None:
+        """Prefill waiting requests into free rows: without limit while nothing is decoding, else at most
+        prefill_chunk prompt tokens, so the streaming rows wait one chunk, not a whole long prompt."""
+        budget: int | None = None
+        while budget is None or budget > 0:
+            if budget is None and self._rows:
+                budget = self.prefill_chunk  # from now on, rows are waiting for their next token
+            if self._prefill is None:
+                with self._cond:
+                    if not self._waiting or len(self._rows) >= self._capacity():
+                        return
+                    request = self._waiting.popleft()
+                self._start(request)
+                continue
+            fed = self._prefill_chunk(budget)
+            if budget is not None:
+                budget -= fed
+
+    def _start(self, request: _Request) -> None:
+        """Make the request's row and queue its prompt for prefill (or end it at once)."""
         if request.cancel.is_set():
             request.result = GenerationCancelled()
             request.done.set()
             return
         try:
             row = _Row(self, request)
-            if request.params.max_tokens <= 0:
-                row.finish = "length"
-                self._finish(row)
-                return
-            out = self.model(input_ids=row.ids, use_cache=True, logits_to_keep=1)
+        except Exception as exc:
+            request.result = exc
+            request.done.set()
+            return
+        if request.params.max_tokens <= 0:
+            row.finish = "length"
+            self._finish(row)
+            return
+        self._prefill = _Prefill(row)
+
+    def _prefill_chunk(self, budget: int | None) -> int:
+        """Feed the next chunk of the prefilling prompt (all the rest when budget is None); once the prompt
+        is in, take the first token and merge the row into the batch. Returns the tokens fed."""
+        prefill = self._prefill
+        assert prefill is not None
+        row, request = prefill.row, prefill.row.request
+        if request.cancel.is_set():
+            self._prefill = None
+            row.finish = "stop"
+            self._finish(row)
+            return 0
+        total = int(row.ids.shape[1])
+        take = total - prefill.fed if budget is None else min(budget, total - prefill.fed)
+        try:
+            chunk = row.ids[:, prefill.fed : prefill.fed + take]
+            out = self.model(input_ids=chunk, cache=prefill.cache, use_cache=True, logits_to_keep=1)
+            prefill.cache, prefill.fed = out.cache, prefill.fed + take
+            if prefill.fed < total:
+                return take
+            self._prefill = None
             if self._batchable is None:
                 self._batchable = all(type(layer) is DynamicLayer for layer in out.cache.layers)
                 if not self._batchable:
@@ -538,19 +599,21 @@ class TransformersChatEngine(HFTextMixin):
             else:
                 self._take(row, out.logits[:, -1, :].float())
         except Exception as exc:
+            self._prefill = None
             request.result = exc
             request.done.set()
-            return
+            return take
         if row.finish is not None or row.error is not None:
             self._finish(row)
-            return
+            return take
         try:
-            self._merge(row, out.cache)
+            self._merge(row, prefill.cache)
         except Exception as exc:  # the batch's cache may be half merged: end the batch
             log.exception("merging a request into the batch failed")
             row.error = exc
             self._finish(row)
             self._fail_batch(exc)
+        return take
 
     def _merge(self, row: _Row, cache: Any) -> None:
         """Add a prefilled row to the batch, left-padding whichever side is shorter."""
@@ -716,6 +779,7 @@ def load_transformers(
     quantization: str = "none",
     context_length: int | None = None,
     max_batch: int = DEFAULT_MAX_BATCH,
+    prefill_chunk: int = DEFAULT_PREFILL_CHUNK,
 ) -> TransformersChatEngine:
     """Load a chat model from a local folder or hub id onto the chosen device."""
     started = time.monotonic()
@@ -751,4 +815,4 @@ def load_transformers(
         time.monotonic() - started,
         limit,
     )
-    return TransformersChatEngine(model, tokenizer, resolved_device, limit, max_batch)
+    return TransformersChatEngine(model, tokenizer, resolved_device, limit, max_batch, prefill_chunk)
