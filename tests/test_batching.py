@@ -327,3 +327,13 @@ def test_cancel_during_a_chunked_prefill(tiny_dirs: dict[str, Path]) -> None:
         assert engine._prefill is None and not engine._rows
     finally:
         engine.close()
+
+
+def test_config_batching_options_reach_the_engine(app_client: Any, tiny_dirs: dict[str, Path]) -> None:
+    spec = {"id": "q", "source": str(tiny_dirs["llama"]), "dtype": "float32"}
+    client = app_client([{**spec, "options": {"max_batch": 3, "prefill_chunk": 32}}, {**spec, "id": "d"}])
+    wait_ready(client, "q", timeout=60)
+    wait_ready(client, "d", timeout=60)
+    entries = client.app.state.registry.entries
+    assert (entries["q"].engine.max_batch, entries["q"].engine.prefill_chunk) == (3, 32)
+    assert (entries["d"].engine.max_batch, entries["d"].engine.prefill_chunk) == (8, 256)  # defaults

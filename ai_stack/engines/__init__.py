@@ -42,14 +42,15 @@ def load_engine(spec: ModelSpec, config: Config) -> Any:
         from ai_stack.engines.transformers import load_transformers
 
         location = prepare_source(parse_source(spec.source, config.base_dir), config.server.home)
+        # Batching options given in the config; the engine's own defaults stand for the rest.
+        batching = {k: int(spec.options[k]) for k in ("max_batch", "prefill_chunk") if k in spec.options}
         loaded = load_transformers(
             location,
             device=spec.device,
             dtype=spec.dtype,
             quantization=spec.quantization,
             context_length=spec.context_length,
-            max_batch=int(spec.options.get("max_batch", 8)),
-            prefill_chunk=int(spec.options.get("prefill_chunk", 256)),
+            **batching,
         )
     else:
         loaded = None

@@ -16,19 +16,13 @@ from torch.ao.quantization import default_dynamic_qconfig, per_channel_dynamic_q
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", ".."))
-from ai_stack.engines.transformers import PackedFP16Linear, pack_fp16_linears
+from ai_stack.engines.transformers import pack_fp16_linears
+from bench.scripts.prompts import PROMPTS
 
 warnings.filterwarnings("ignore")  # torch.ao.quantization's deprecation notices
 MODEL = os.path.expanduser("~/.cache/ai-stack/converted/qwen2.5-coder-0.5b-instruct-1d9614638d18")
 QUESTIONS = [
-    "Write a Python function that reverses a string.",
-    "Explain what a hash map is in two sentences.",
-    "Write a bash one-liner that counts lines in all .py files.",
-    "What is the difference between a list and a tuple in Python?",
-    "Write a SQL query selecting the ten newest users.",
-    "How do I read a JSON file in Python?",
-    "Write a haiku about compilers.",
-    "What does the git rebase command do?",
+    *PROMPTS,
     "What is the capital of France? Answer in one word.",
     "Translate 'good morning' to German.",
 ]
@@ -55,10 +49,7 @@ def int8(skip_to_fp16: tuple[str, ...] = (), qconfig=per_channel_dynamic_qconfig
         if type(module) is torch.nn.Linear and not any(k in name for k in skip_to_fp16)
     }
     model = quantize_dynamic(model, spec)
-    for parent in list(model.modules()):  # the skipped layers: fp16 packed, as the engine does
-        for name, child in list(parent.named_children()):
-            if type(child) is torch.nn.Linear:
-                setattr(parent, name, PackedFP16Linear(child))
+    pack_fp16_linears(model)  # the layers left as nn.Linear: fp16 packed, as the engine does
     return model
 
 

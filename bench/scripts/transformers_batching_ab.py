@@ -12,21 +12,13 @@ import torch
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", ".."))
 from ai_stack.engines.base import SamplingParams
 from ai_stack.engines.transformers import load_transformers
+from bench.scripts.prompts import PROMPTS
 
 MODEL = os.path.expanduser("~/.cache/ai-stack/converted/qwen2.5-coder-0.5b-instruct-1d9614638d18")
 N = int(os.environ.get("MAXTOK", 64))
 REPS = int(os.environ.get("REPS", 3))
 CONC = [int(c) for c in os.environ.get("CONC", "2,4,8").split(",") if c]
-QUESTIONS = [
-    "Write a Python function that reverses a string.",
-    "Explain what a hash map is in two sentences.",
-    "Write a bash one-liner that counts lines in all .py files.",
-    "What is the difference between a list and a tuple in Python?",
-    "Write a SQL query selecting the ten newest users.",
-    "How do I read a JSON file in Python?",
-    "Write a haiku about compilers.",
-    "What does the git rebase command do?",
-]
+QUESTIONS = PROMPTS
 engine = load_transformers(MODEL, dtype=os.environ.get("DTYPE", "auto"))
 engine.eos_ids = set()
 model, tok = engine.model, engine.tokenizer
