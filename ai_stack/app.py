@@ -20,7 +20,7 @@ from starlette.routing import Mount, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ai_stack.config import Config
-from ai_stack.engines import load_engine
+from ai_stack.engines.catalog import load_engine
 from ai_stack.errors import APIError, AuthenticationFailed, PayloadTooLarge, error_body
 from ai_stack.metrics import Metrics, metrics_endpoint
 from ai_stack.registry import Loader, ModelRegistry

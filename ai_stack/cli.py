@@ -10,6 +10,7 @@ from typing import Any
 import click
 
 from ai_stack.config import Config, ConfigError, load_config
+from ai_stack.engines.catalog import ENGINES
 from ai_stack.sources import SourceError, cache_state, parse_source, prepare_source
 
 
@@ -79,7 +80,7 @@ def models(config_path: Path | None) -> None:
     click.echo(f"config: {config.source}\nhome:   {config.server.home}")
     for spec in config.models:
         try:
-            if spec.engine in ("transformers", "auto"):
+            if ENGINES[spec.engine].prepared:
                 state = cache_state(parse_source(spec.source, config.base_dir), config.server.home)
             else:
                 state = "packaged voice/model" if spec.source.startswith("embedded:") else "local files"
@@ -106,7 +107,7 @@ def prepare(config_path: Path | None, model_ids: tuple[str, ...]) -> None:
     failed = False
     for spec in specs:
         # `auto` may fall back to transformers (and llama.cpp reads its tokenizer from the converted folder).
-        if spec.engine not in ("transformers", "auto"):
+        if not ENGINES[spec.engine].prepared:
             continue
         try:
             source = parse_source(spec.source, config.base_dir)

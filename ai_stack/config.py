@@ -11,8 +11,9 @@ from typing import Any, Literal
 import platformdirs
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from ai_stack.engines.catalog import ENGINES, ModelKind, engine_names, options_problem
+
 PACKAGE_DIR = Path(__file__).resolve().parent
-ModelKind = Literal["chat", "speech"]
 
 
 class ConfigError(Exception):
@@ -32,9 +33,7 @@ class ModelSpec(BaseModel):
     id: str = Field(min_length=1, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:\-/]*$")
     aliases: list[str] = Field(default_factory=list)
     kind: ModelKind = "chat"
-    engine: Literal["transformers", "llamacpp", "auto", "fake", "piper", "kokoro-onnx", "kokoro"] = (
-        "transformers"
-    )
+    engine: str = "transformers"
     source: str = Field(min_length=1)
     device: str = Field(default="auto", pattern=r"^(auto|cpu|mps|cuda(:\d+)?)$")
     dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"
@@ -44,15 +43,24 @@ class ModelSpec(BaseModel):
     description: str = ""
     options: dict[str, Any] = Field(default_factory=dict)
 
+    @field_validator("engine")
+    @classmethod
+    def _known_engine(cls, value: str) -> str:
+        if value not in ENGINES:
+            raise ValueError(f"unknown engine {value!r}; known engines: {', '.join(ENGINES)}")
+        return value
+
     @model_validator(mode="after")
     def _engine_fits_kind(self) -> ModelSpec:
-        speech_engines = {"piper", "kokoro-onnx", "kokoro"}
-        if self.kind == "chat" and self.engine in speech_engines:
-            raise ValueError(f'engine {self.engine!r} is a speech engine; set kind = "speech"')
-        if self.kind == "speech" and self.engine in ("transformers", "llamacpp", "auto"):
+        kind = ENGINES[self.engine].kind
+        if kind != self.kind:
+            others = ", ".join(repr(name) for name in engine_names(self.kind))
             raise ValueError(
-                f"engine {self.engine!r} serves chat models; use 'piper', 'kokoro-onnx' or 'kokoro'"
+                f'engine {self.engine!r} serves {kind} models; set kind = "{kind}" or use {others}'
             )
+        problem = options_problem(self.engine, self.options)
+        if problem is not None:
+            raise ValueError(f"model {self.id!r}: {problem}")
         return self
 
     @property

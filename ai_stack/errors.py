@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
+
+log = logging.getLogger(__name__)
 
 
 class APIError(Exception):
@@ -98,3 +101,11 @@ class ModelUnavailable(APIError):
     status = 503
     type = "server_error"
     code = "model_not_ready"
+
+
+def stream_error_body(exc: Exception, model: str, doing: str) -> dict[str, Any]:
+    """The error event of a stream that has begun: an APIError as it is, anything else logged and named."""
+    if isinstance(exc, APIError):
+        return exc.body()
+    log.error("%s failed for %s", doing, model, exc_info=exc)
+    return APIError(f"The model failed while {doing}: {type(exc).__name__}").body()

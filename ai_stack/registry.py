@@ -8,16 +8,18 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import cast
 
 from ai_stack.config import Config, ModelSpec
+from ai_stack.engines.base import ChatEngine, SpeechEngine
 from ai_stack.errors import Conflict, InvalidRequest, ModelNotFound, ModelUnavailable
 from ai_stack.threads import run_in_daemon_thread
 
 log = logging.getLogger(__name__)
 
 RETRY_AFTER_SECONDS = 5
-Loader = Callable[[ModelSpec, Config], Any]
+Engine = ChatEngine | SpeechEngine
+Loader = Callable[[ModelSpec, Config], Engine]
 
 
 class ModelState(enum.StrEnum):
@@ -35,7 +37,7 @@ class ModelEntry:
 
     spec: ModelSpec
     state: ModelState = ModelState.UNLOADED
-    engine: Any = None
+    engine: Engine | None = None
     error: str | None = None
     created: int = field(default_factory=lambda: int(time.time()))
     load_seconds: float | None = None
@@ -109,7 +111,17 @@ class ModelRegistry:
             log.info("model %s unloaded", entry.spec.id)
         return entry
 
-    def engine_for(self, name: str, kind: str) -> tuple[ModelEntry, Any]:
+    def chat_engine(self, name: str) -> tuple[ModelEntry, ChatEngine]:
+        """The ready chat engine for a request's `model`, or the error that says why it cannot serve."""
+        entry, engine = self.engine_for(name, "chat")
+        return entry, cast(ChatEngine, engine)
+
+    def speech_engine(self, name: str) -> tuple[ModelEntry, SpeechEngine]:
+        """The ready speech engine for a request's `model`, or the error that says why it cannot serve."""
+        entry, engine = self.engine_for(name, "speech")
+        return entry, cast(SpeechEngine, engine)
+
+    def engine_for(self, name: str, kind: str) -> tuple[ModelEntry, Engine]:
         """The ready engine for a request, or the error that says why it cannot serve now."""
         entry = self.lookup(name)
         if entry.spec.kind != kind:
@@ -118,7 +130,7 @@ class ModelRegistry:
                 param="model",
                 code="model_kind_mismatch",
             )
-        if entry.state == ModelState.READY:
+        if entry.state == ModelState.READY and entry.engine is not None:
             return entry, entry.engine
         retry = {"Retry-After": str(RETRY_AFTER_SECONDS)}
         if entry.state == ModelState.FAILED:

@@ -3,18 +3,19 @@
 from __future__ import annotations
 
 import json
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from pydantic import BaseModel, ValidationError
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import BaseRoute, Route
 
+from ai_stack.engines.base import ChatEngine, SpeechEngine
 from ai_stack.errors import InvalidRequest
 from ai_stack.protocol import ChatCompletionRequest, ModelCard, ModelList, SpeechRequest
 from ai_stack.registry import ModelEntry, ModelRegistry, ModelState
 from ai_stack.serving.chat import ChatService, ClientDisconnected
-from ai_stack.serving.speech import SpeechService
+from ai_stack.serving.speech import SpeechService, speech_options
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -45,17 +46,17 @@ async def parse_body(request: Request, schema: type[M]) -> M:
 
 def model_card(entry: ModelEntry) -> ModelCard:
     """The /v1/models view of one registry entry."""
-    engine = entry.engine
+    chat = cast(ChatEngine, entry.engine) if entry.engine is not None and entry.spec.kind == "chat" else None
     return ModelCard(
         id=entry.spec.id,
         created=entry.created,
         kind=entry.spec.kind,
-        engine=str(getattr(engine, "engine_kind", None) or entry.spec.engine),
+        engine=chat.engine_kind if chat is not None else entry.spec.engine,
         state=entry.state.value,
         aliases=entry.spec.aliases,
         error=entry.error,
-        context_length=getattr(engine, "context_length", None),
-        device=getattr(engine, "device", None),
+        context_length=chat.context_length if chat is not None else None,
+        device=chat.device if chat is not None else None,
     )
 
 
@@ -162,13 +163,12 @@ async def audio_voices(request: Request) -> Response:
                     "description": v.description,
                     "state": entry.state.value,
                 }
-                for v in entry.engine.voices()
+                for v in cast(SpeechEngine, entry.engine).voices()
             ]
             continue
         # Not loaded: its voices are unknown until it loads; name the ones its config mentions.
-        options = entry.spec.options
-        voice_map = options.get("voice_map") if isinstance(options.get("voice_map"), dict) else {}
-        named = [options.get("default_voice"), *(voice_map or {}).values()]
+        options = speech_options(entry)
+        named = [options.default_voice, *options.voice_map.values()]
         for voice in dict.fromkeys(str(v) for v in named if v):
             description = f"voice of {entry.spec.id} (listed in full once the model is loaded)"
             voices.append(

@@ -63,7 +63,23 @@ def test_bad_config_files_name_file_key_and_problem(tmp_path: Path) -> None:
         "kind.toml": (
             '[[models]]\nid = "a"\nsource = "x/y"\nengine = "nonsense"',
             "models[0].engine",
-            "Input should",
+            "unknown engine 'nonsense'; known engines: transformers, llamacpp",
+        ),
+        "option.toml": (
+            '[[models]]\nid = "a"\nsource = "x/y"\noptions = { max_batchh = 4 }',
+            "models[0]",
+            "model 'a': unknown option 'max_batchh' for engine 'transformers' "
+            "(its options: max_batch, prefill_chunk)",
+        ),
+        "option-type.toml": (
+            '[[models]]\nid = "a"\nsource = "x.gguf"\nengine = "llamacpp"\noptions = { parallel = "4" }',
+            "models[0]",
+            "model 'a': option 'parallel': Input should be a valid integer",
+        ),
+        "speech-kind.toml": (
+            '[[models]]\nid = "a"\nsource = "x.onnx"\nengine = "piper"',
+            "models[0]",
+            'engine \'piper\' serves speech models; set kind = "speech"',
         ),
     }
     for name, (text, key, problem) in cases.items():

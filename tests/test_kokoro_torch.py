@@ -21,9 +21,8 @@ pytest.importorskip("kokoro")
 pytest.importorskip("misaki")
 
 from ai_stack.config import Config, ModelSpec  # noqa: E402
-from ai_stack.engines import load_engine  # noqa: E402
-from ai_stack.engines.speech import (  # noqa: E402
-    SPEECH_ENGINES,
+from ai_stack.engines.catalog import ENGINES, load_engine  # noqa: E402
+from ai_stack.engines.kokoro_torch import (  # noqa: E402
     KokoroTorchEngine,
     load_kokoro_torch,
     split_phonemes,
@@ -83,7 +82,8 @@ def engine(kokoro_files: tuple[Path, Path, Path]) -> Iterator[KokoroTorchEngine]
 
 
 def test_registered_as_kokoro() -> None:
-    assert SPEECH_ENGINES["kokoro"] is load_kokoro_torch
+    info = ENGINES["kokoro"]
+    assert info.kind == "speech" and info.loader == "ai_stack.engines.kokoro_torch:load"
 
 
 def test_loaded_weights_come_from_the_file(
@@ -182,7 +182,7 @@ def test_long_phonemes_are_split_within_the_context() -> None:
 
 def test_overlong_sentence_is_one_chunk(engine: KokoroTorchEngine, monkeypatch: pytest.MonkeyPatch) -> None:
     # split_sentences caps sentences at 300 characters; without it, one sentence outgrows the 510 symbols.
-    monkeypatch.setattr("ai_stack.engines.speech.split_sentences", lambda text: [text])
+    monkeypatch.setattr("ai_stack.engines.kokoro_torch.split_sentences", lambda text: [text])
     sentence = "and then the cat sat on the mat, " * 20 + "and that was all."
     assert len(engine.phonemize(sentence)) > engine.max_phonemes
     calls: list[int] = []

@@ -15,8 +15,8 @@ from transformers import AutoTokenizer
 
 from ai_stack.app import create_app
 from ai_stack.config import Config, default_config_path, load_config
-from ai_stack.engines import resolve_engine
 from ai_stack.engines.base import Piece, SamplingParams
+from ai_stack.engines.catalog import resolve_engine
 from ai_stack.sources import EMBEDDED, assemble_embedded, converted_dir, parse_source
 from tests.conftest import LiveServer, wait_for
 

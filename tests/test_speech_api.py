@@ -244,7 +244,7 @@ def test_openai_sdk_over_http(live_server: Callable[..., LiveServer]) -> None:
 def test_client_disconnect_cancels_synthesis(live_server: Callable[..., LiveServer]) -> None:
     import httpx
 
-    from ai_stack.audio import split_sentences
+    from ai_stack.sentences import split_sentences
     from tests.conftest import wait_for
 
     server = live_server([PIPER])

@@ -16,18 +16,16 @@ import numpy.typing as npt
 import pytest
 
 from ai_stack.audio import AudioEncoder
-from ai_stack.engines.speech import (
+from ai_stack.engines.base import SpeechEngine
+from ai_stack.engines.catalog import ENGINES, load_engine
+from ai_stack.engines.kokoro_onnx import (
     KOKORO_JA_MODEL_SHA256,
-    SPEECH_ENGINES,
     KokoroOnnxEngine,
-    PiperEngine,
-    SpeechEngine,
     assemble_kokoro_ja_model,
     load_kokoro_onnx,
-    load_kokoro_torch,
-    load_piper,
-    parse_voice_blend,
 )
+from ai_stack.engines.piper import PiperEngine, load_piper
+from ai_stack.engines.voices import parse_voice_blend
 
 THREE_SENTENCES = "The weather is lovely today. Shall we go for a walk in the park? I will bring some tea."
 KOKORO_VOICES = ["jf_alpha", "jf_gongitsune", "jf_nezumi", "jf_tebukuro", "jm_kumo"]
@@ -73,19 +71,25 @@ def rms(chunks: list[npt.NDArray[np.float32]]) -> float:
 def test_importing_the_modules_loads_no_backend() -> None:
     """Importing audio and speech modules stays cheap: no torch, onnxruntime, piper, kokoro or PyAV."""
     heavy = ["torch", "onnxruntime", "piper", "kokoro_onnx", "av", "soxr", "phonemizer"]
-    imports = "import sys, ai_stack.audio, ai_stack.engines.speech"
+    imports = (
+        "import sys, ai_stack.audio, ai_stack.sentences, ai_stack.engines.catalog, ai_stack.engines.piper, "
+        "ai_stack.engines.kokoro_onnx, ai_stack.engines.kokoro_torch, ai_stack.config"
+    )
     code = f"{imports}; print([m for m in {heavy!r} if m in sys.modules])"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "[]"
 
 
 def test_engine_table_names_the_loaders() -> None:
-    """Engines are found by name in one table."""
-    assert dict(SPEECH_ENGINES) == {
-        "piper": load_piper,
-        "kokoro-onnx": load_kokoro_onnx,
-        "kokoro": load_kokoro_torch,
+    """Speech engines are found by name in the one engine table, each with its module's loader."""
+    speech = {name: info.loader for name, info in ENGINES.items() if info.kind == "speech"}
+    assert speech == {
+        "piper": "ai_stack.engines.piper:load",
+        "kokoro-onnx": "ai_stack.engines.kokoro_onnx:load",
+        "kokoro": "ai_stack.engines.kokoro_torch:load",
+        "fake-speech": "ai_stack.engines.fake_speech:load",
     }
+    assert load_engine.__module__ == "ai_stack.engines.catalog"
 
 
 # ------------------------------------------------------------------------------------------ Piper

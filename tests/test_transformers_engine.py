@@ -12,16 +12,10 @@ import torch
 from transformers import AutoTokenizer
 
 from ai_stack.engines.base import Piece, SamplingParams
-from ai_stack.engines.transformers import (
-    Detokenizer,
-    OpenAIPenalties,
-    PackedFP16Linear,
-    cpu_packs_fp16,
-    cpu_supports_bf16,
-    load_transformers,
-    pick_dtype,
-)
-from ai_stack.serving.chat import StopMatcher
+from ai_stack.engines.sampling import Detokenizer, OpenAIPenalties
+from ai_stack.engines.torch_device import PackedFP16Linear, cpu_packs_fp16, cpu_supports_bf16, pick_dtype
+from ai_stack.engines.transformers import load_transformers
+from ai_stack.serving.generation import StopMatcher
 from tests.conftest import wait_for, wait_ready
 from tests.tiny_models import build_tiny_model
 

@@ -1,13 +1,21 @@
-"""The interface every chat engine implements, and the values that cross it."""
+"""The interfaces every chat and speech engine implements, and the values that cross them."""
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
+import numpy as np
+import numpy.typing as npt
+
 FinishReason = Literal["stop", "length"]
+Audio = npt.NDArray[np.float32]
+
+
+class EngineLoadError(Exception):
+    """A model that cannot be loaded, with a message meant for the user."""
 
 
 @dataclass(frozen=True)
@@ -86,8 +94,23 @@ class GenerationCancelled(Exception):
 class ChatEngine(Protocol):
     """A loaded chat model: renders prompts and generates text in the calling (worker) thread."""
 
+    engine_kind: str  # the engine that serves the model, as /v1/models reports it
     context_length: int
     device: str
+
+    @property
+    def chat_template(self) -> str | None:
+        """The chat template's source, from which tool-call and reasoning formats are detected."""
+        ...
+
+    @property
+    def vocab_size(self) -> int | None:
+        """The number of token ids the model scores, or None when it has no fixed vocabulary."""
+        ...
+
+    def token_id(self, text: str) -> int | None:
+        """The id of the single (special) token spelled `text`, or None."""
+        ...
 
     def render(self, messages: list[dict[str, Any]], template_kwargs: dict[str, Any]) -> Prompt:
         """Apply the model's chat template and tokenize; ValueError on a message the template refuses."""
@@ -101,6 +124,39 @@ class ChatEngine(Protocol):
         emit: Callable[[Piece], None],
     ) -> Generation:
         """Generate, calling emit for each piece, until EOS, max_tokens or cancel is set; blocking."""
+        ...
+
+    def close(self) -> None:
+        """Release the model's memory."""
+        ...
+
+
+@dataclass(frozen=True)
+class VoiceInfo:
+    """A voice an engine can speak with."""
+
+    id: str
+    name: str
+    language: str
+    description: str = ""
+
+
+class SpeechEngine(Protocol):
+    """A loaded text-to-speech model; synthesize runs in the calling (worker) thread."""
+
+    sample_rate: int
+
+    @property
+    def blends(self) -> bool:
+        """Whether the engine speaks weighted voice blends such as 'jf_alpha(2)+jm_kumo(1)'."""
+        ...
+
+    def voices(self) -> list[VoiceInfo]:
+        """The voices this engine accepts."""
+        ...
+
+    def synthesize(self, text: str, voice: str, speed: float, cancel: threading.Event) -> Iterator[Audio]:
+        """Yield float32 mono chunks, one per sentence; once cancel is set, no further sentence starts."""
         ...
 
     def close(self) -> None:

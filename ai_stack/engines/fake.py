@@ -6,9 +6,13 @@ import re
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ai_stack.engines.base import Generation, Piece, Prompt, SamplingParams, TokenLogprob
+from ai_stack.engines.catalog import FakeOptions
+
+if TYPE_CHECKING:
+    from ai_stack.config import Config, ModelSpec
 
 _WORDS = re.compile(r"\s*\S+|\s+")
 
@@ -21,14 +25,16 @@ def fake_tokens(text: str) -> list[str]:
 class FakeChatEngine:
     """Replies with options['reply'] (or echoes the last user message), one word per token."""
 
+    engine_kind = "fake"
     device = "cpu"
+    vocab_size: int | None = None  # words, not token ids: any logit_bias key is accepted and ignored
 
-    def __init__(self, options: dict[str, Any]) -> None:
-        self.reply: str | None = options.get("reply")
-        self.token_delay = float(options.get("token_delay", 0.0))
-        self.context_length = int(options.get("context_length", 4096))
+    def __init__(self, options: FakeOptions) -> None:
+        self.reply = options.reply
+        self.token_delay = options.token_delay
+        self.context_length = options.context_length
         # A chat template source, only so that tool-call and reasoning formats can be detected from it.
-        self.chat_template: str | None = options.get("chat_template")
+        self.chat_template: str | None = options.chat_template
         self.active = 0
         self.cancelled = 0
         self.finished = 0
@@ -79,15 +85,18 @@ class FakeChatEngine:
         raw = list(token.encode())
         return (TokenLogprob(token, 0.0, raw, [(token, 0.0, raw)]),)
 
+    def token_id(self, text: str) -> int | None:
+        """No special tokens: tool grammars spell their markers as text."""
+        return None
+
     def close(self) -> None:
         """Nothing to release."""
 
 
-def load_fake(options: dict[str, Any]) -> FakeChatEngine:
+def load(spec: ModelSpec, config: Config, options: FakeOptions) -> FakeChatEngine:
     """Build a fake engine; options load_delay and fail_load simulate slow and failing loads."""
-    delay = float(options.get("load_delay", 0.0))
-    if delay:
-        time.sleep(delay)
-    if options.get("fail_load"):
-        raise RuntimeError(str(options["fail_load"]))
+    if options.load_delay:
+        time.sleep(options.load_delay)
+    if options.fail_load:
+        raise RuntimeError(options.fail_load)
     return FakeChatEngine(options)

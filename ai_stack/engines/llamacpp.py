@@ -5,7 +5,7 @@ cells. A scheduler thread owns the context: between decode steps it admits waiti
 are prefilled in chunks of up to `n_batch` tokens), then builds one batch with one token per running sequence,
 calls `llama_decode` once and samples each sequence from its own row of logits. The context is set up so that
 a sequence's logits do not depend on the other sequences in its batch (see `LlamaCppChatEngine.__init__`).
-Sampling reuses the transformers engine's helpers on torch views of llama.cpp's logits, so temperature,
+Sampling runs the shared `RowSampler` on torch views of llama.cpp's logits, so temperature,
 top-p/top-k/min-p, penalties, seeds, logit bias, logprobs and llguidance grammars behave the same on both
 engines. Prompts are rendered and detokenized with the model's Hugging Face tokenizer.
 """
@@ -20,35 +20,28 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
-from transformers import (
-    AutoTokenizer,
-    GenerationConfig,
-    LogitsProcessorList,
-    RepetitionPenaltyLogitsProcessor,
-)
+from pydantic import ValidationError
+from transformers import AutoTokenizer, GenerationConfig
 
 from ai_stack.engines.base import (
+    EngineLoadError,
     FinishReason,
     Generation,
     GenerationCancelled,
     Piece,
     Prompt,
     SamplingParams,
-    TokenLogprob,
 )
-from ai_stack.engines.transformers import (
-    Detokenizer,
-    EngineLoadError,
-    GrammarMask,
-    HFTextMixin,
-    OpenAIPenalties,
-    TokenTexts,
-    sampling_processors,
-)
+from ai_stack.engines.catalog import LlamaCppOptions
+from ai_stack.engines.hf_text import HFTextMixin, eos_ids_of
+from ai_stack.engines.sampling import GrammarMask, RowSampler, TokenTexts
+
+if TYPE_CHECKING:
+    from ai_stack.config import Config, ModelSpec
 
 log = logging.getLogger(__name__)
 
@@ -62,13 +55,6 @@ def physical_cores() -> int:
     except Exception:  # psutil missing or unable to tell
         count = None
     return int(count or os.cpu_count() or 1)
-
-
-def _int_option(options: dict[str, Any], name: str, default: int, minimum: int = 1) -> int:
-    value = options.get(name, default)
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise EngineLoadError(f"option {name!r} must be an integer >= {minimum}, got {value!r}")
-    return value
 
 
 @dataclass
@@ -86,14 +72,8 @@ class _Request:
     seq: int = -1
     fed: int = 0  # prompt tokens already decoded into the KV cache
     next_token: int | None = None  # the sampled token to feed in the next decode step
-    produced: int = 0
-    history: list[int] = field(default_factory=list)
-    detok: Detokenizer | None = None
-    do_sample: bool = False
-    warpers: LogitsProcessorList = field(default_factory=LogitsProcessorList)
-    penalties: LogitsProcessorList = field(default_factory=LogitsProcessorList)
-    bias: torch.Tensor | None = None
-    generator: torch.Generator | None = None
+    position: int = 0  # the position of next_token in the sequence
+    sampler: RowSampler | None = None
 
 
 class LlamaCppChatEngine(HFTextMixin):
@@ -158,11 +138,7 @@ class LlamaCppChatEngine(HFTextMixin):
         self._memory = llama_cpp.llama_get_memory(self._ctx)
         self._batch = llama_cpp.llama_batch_init(n_batch, 0, 1)
         self.device = "cuda" if gpu else "cpu"
-        eos = generation_config.eos_token_id
-        eos_list = eos if isinstance(eos, list) else [eos]
-        self.eos_ids = {int(e) for e in eos_list if e is not None}
-        if tokenizer.eos_token_id is not None:
-            self.eos_ids.add(int(tokenizer.eos_token_id))
+        self.eos_ids = eos_ids_of(generation_config, tokenizer)
         self._lltokenizer: Any = None
         self._lltokenizer_lock = threading.Lock()
         self._texts: TokenTexts | None = None
@@ -281,26 +257,17 @@ class LlamaCppChatEngine(HFTextMixin):
             self.stats["admitted"] += 1
 
     def _setup(self, request: _Request) -> None:
-        params = request.params
-        request.do_sample, request.warpers = sampling_processors(params, self.generation_config)
-        if params.repetition_penalty is not None and params.repetition_penalty != 1.0:
-            request.penalties.append(RepetitionPenaltyLogitsProcessor(params.repetition_penalty))
-        if params.presence_penalty or params.frequency_penalty:
-            request.penalties.append(
-                OpenAIPenalties(len(request.prompt), params.presence_penalty, params.frequency_penalty)
-            )
-        if params.logit_bias:
-            request.bias = torch.zeros(self.vocab_size, dtype=torch.float32)
-            for token, value in params.logit_bias.items():
-                request.bias[token] = value
-        if request.do_sample:
-            request.generator = torch.Generator()
-            if params.seed is not None:
-                request.generator.manual_seed(params.seed)
-            else:
-                request.generator.seed()
-        request.history = list(request.prompt)
-        request.detok = Detokenizer(self.tokenizer)
+        request.sampler = RowSampler(
+            request.params,
+            request.prompt,
+            generation_config=self.generation_config,
+            vocab_size=self.vocab_size,
+            eos_ids=self.eos_ids,
+            tokenizer=self.tokenizer,
+            emit=request.emit,
+            grammar=request.grammar,
+            texts=self._texts,
+        )
         # A fresh sequence: make sure no cells of an earlier user remain.
         self._ll.llama_memory_seq_rm(self._memory, request.seq, -1, -1)
 
@@ -314,14 +281,12 @@ class LlamaCppChatEngine(HFTextMixin):
             self.stats["freed"] += 1
 
     def _finish(self, request: _Request, reason: FinishReason) -> None:
-        assert request.detok is not None
+        assert request.sampler is not None
         try:
-            tail = request.detok.flush()
-            if tail is not None:
-                request.emit(tail)
+            request.sampler.flush()
         finally:
             self._release(request)
-            request.outcome = Generation(reason, request.produced)
+            request.outcome = Generation(reason, request.sampler.produced)
             request.done.set()
 
     def _step(self) -> None:
@@ -340,8 +305,7 @@ class LlamaCppChatEngine(HFTextMixin):
         for request in active:
             if request.next_token is None or (prefill is not None and self.batch_invariant):
                 continue
-            pos = len(request.history) - 1
-            self._put(n, request.next_token, pos, request.seq, True)
+            self._put(n, request.next_token, request.position, request.seq, True)
             rows.append((n, request))
             n += 1
         if prefill is not None:
@@ -386,44 +350,16 @@ class LlamaCppChatEngine(HFTextMixin):
 
     def _sample(self, index: int, request: _Request) -> None:
         """Pick the next token from this row's logits, emit its text, and end the sequence when due."""
-        params = request.params
+        assert request.sampler is not None
         pointer = self._ll.llama_get_logits_ith(self._ctx, index)
         logits = torch.from_numpy(np.ctypeslib.as_array(pointer, shape=(1, self.vocab_size)))
-        scores = logits if request.bias is None else logits + request.bias
-        if request.penalties:
-            ids = torch.tensor([request.history], dtype=torch.long)
-            scores = request.penalties(ids, scores)  # type: ignore[arg-type]
-        if request.grammar is not None:
-            scores = scores.clone() if scores is logits else scores
-            request.grammar.apply(scores)
-        if request.do_sample:
-            ids = torch.tensor([request.history], dtype=torch.long)
-            scores = request.warpers(ids, scores)  # type: ignore[arg-type]
-            probs = torch.softmax(scores, dim=-1)
-            token = int(torch.multinomial(probs, 1, generator=request.generator)[0, 0])
-        else:
-            token = int(torch.argmax(scores, dim=-1)[0])
-        if token in self.eos_ids:
-            self._finish(request, "stop")
+        reason = request.sampler.step(logits)
+        if reason is not None:
+            self._finish(request, reason)
             return
-        request.produced += 1
-        logprob = None if params.logprobs is None else self._logprob(logits[0], token, params.logprobs)
-        assert request.detok is not None
-        piece = request.detok.add(token, logprob)
-        if piece is not None:
-            request.emit(piece)
-        if request.grammar is not None and request.grammar.advance(token):
-            self._finish(request, "stop")
-            return
-        if request.produced >= params.max_tokens:
-            self._finish(request, "length")
-            return
-        request.history.append(token)
-        request.next_token = token
-
-    def _logprob(self, logits: torch.Tensor, token: int, top: int) -> TokenLogprob:
-        assert self._texts is not None
-        return self._texts.logprob(logits, token, top)
+        # The first sampled token sits right after the prompt, each later one after the one before.
+        request.position = len(request.prompt) if request.next_token is None else request.position + 1
+        request.next_token = request.sampler.token
 
 
 def _quiet_llama_logs() -> None:
@@ -436,7 +372,7 @@ def _quiet_llama_logs() -> None:
 def load_llamacpp(
     gguf_path: str,
     hf_folder: str | None,
-    options: dict[str, Any] | None = None,
+    options: LlamaCppOptions | dict[str, Any] | None = None,
     device: str = "auto",
     context_length: int | None = None,
 ) -> LlamaCppChatEngine:
@@ -447,16 +383,13 @@ def load_llamacpp(
         raise EngineLoadError(
             f"engine 'llamacpp' needs llama-cpp-python: make install-llamacpp ({exc})"
         ) from None
-    options = dict(options or {})
-    unknown = set(options) - {"parallel", "n_threads", "n_batch", "batch_invariant"}
-    if unknown:
-        raise EngineLoadError(f"unknown llamacpp option(s): {', '.join(sorted(unknown))}")
-    parallel = _int_option(options, "parallel", 4)
-    n_threads = _int_option(options, "n_threads", physical_cores())
-    n_batch = _int_option(options, "n_batch", 512, minimum=8)
-    batch_invariant = options.get("batch_invariant", False)
-    if not isinstance(batch_invariant, bool):
-        raise EngineLoadError(f"option 'batch_invariant' must be true or false, got {batch_invariant!r}")
+    if not isinstance(options, LlamaCppOptions):
+        try:
+            options = LlamaCppOptions.model_validate(options or {})
+        except ValidationError as exc:
+            raise EngineLoadError(f"bad llamacpp options: {exc.errors()[0]['msg']}") from None
+    parallel, n_batch, batch_invariant = options.parallel, options.n_batch, options.batch_invariant
+    n_threads = options.n_threads or physical_cores()
     if device not in ("auto", "cpu") and not llama_cpp.llama_supports_gpu_offload():
         raise EngineLoadError(
             f"device {device!r} was asked for, but this llama-cpp-python build has no GPU support; "
@@ -498,3 +431,29 @@ def load_llamacpp(
         engine.n_threads,
     )
     return engine
+
+
+def load(spec: ModelSpec, config: Config, options: LlamaCppOptions) -> LlamaCppChatEngine:
+    """The catalog's loader: a GGUF source (embedded or a .gguf file); HF's tokenizer renders prompts."""
+    from ai_stack.sources import EMBEDDED, assemble_embedded, converted_dir, is_converted, parse_source
+
+    source = parse_source(spec.source, config.base_dir)
+    if source.kind == "embedded":
+        gguf = assemble_embedded(EMBEDDED[source.value], config.server.home, progress=False)
+    elif source.kind == "gguf":
+        gguf = source.path
+        if not gguf.exists():
+            raise ValueError(f"GGUF file {gguf} does not exist")
+    else:
+        raise ValueError(
+            f"engine 'llamacpp' needs a GGUF source (embedded: or a .gguf file), not {spec.source!r}"
+        )
+    # The bf16 conversion folder (made by `ai-stack prepare`) holds the tokenizer files; else read the GGUF's.
+    folder = converted_dir(source, config.server.home)
+    return load_llamacpp(
+        str(gguf),
+        str(folder) if is_converted(folder) else None,
+        options,
+        device=spec.device,
+        context_length=spec.context_length,
+    )

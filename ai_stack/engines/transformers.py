@@ -9,294 +9,39 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
-from transformers import (
-    AutoModelForCausalLM,
-    AutoTokenizer,
-    LogitsProcessor,
-    LogitsProcessorList,
-    MinPLogitsWarper,
-    RepetitionPenaltyLogitsProcessor,
-    TemperatureLogitsWarper,
-    TopKLogitsWarper,
-    TopPLogitsWarper,
-)
+from transformers import AutoModelForCausalLM, AutoTokenizer
 from transformers.cache_utils import DynamicLayer
 
 from ai_stack.engines.base import (
+    EngineLoadError,
     FinishReason,
     Generation,
     GenerationCancelled,
-    GrammarError,
     Piece,
     Prompt,
     SamplingParams,
-    TokenLogprob,
 )
+from ai_stack.engines.catalog import TransformersOptions
+from ai_stack.engines.hf_text import HFTextMixin, eos_ids_of
+from ai_stack.engines.sampling import GrammarMask, RowSampler, TokenTexts
+from ai_stack.engines.torch_device import (
+    cpu_packs_fp16,
+    pack_fp16_linears,
+    pick_device,
+    pick_dtype,
+    quantization_config,
+)
+
+if TYPE_CHECKING:
+    from ai_stack.config import Config, ModelSpec
 
 log = logging.getLogger(__name__)
 
-DEFAULT_MAX_BATCH = 8  # concurrent requests decoded together; more wait for a free row
-DEFAULT_PREFILL_CHUNK = 256  # prompt tokens prefilled between two decode steps while other requests stream
+DEFAULTS = TransformersOptions()
 IDLE_EXIT_S = 5.0  # the scheduler thread ends after this long with nothing to do (a new request restarts it)
-
-
-class EngineLoadError(Exception):
-    """A model that cannot be loaded, with a message meant for the user."""
-
-
-def cpu_supports_bf16() -> bool:
-    """Whether this CPU has native bf16 units (AVX512-BF16 or AMX), where bf16 matmuls batch well."""
-    return torch.backends.cpu.get_cpu_capability() in ("AVX512_BF16", "AMX")
-
-
-def cpu_packs_fp16() -> bool:
-    """Whether fbgemm's fp16-weight GEMM runs here (x86 with AVX2): the fast CPU path for linear layers."""
-    if "fbgemm" not in torch.backends.quantized.supported_engines:
-        return False
-    return torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512", "AVX512_BF16", "AMX")
-
-
-class PackedFP16Linear(torch.nn.Module):
-    """A linear layer with its weight packed in fp16 for fbgemm: float32 in and out, half the weight traffic.
-
-    On CPUs without bf16 units, PyTorch's bf16 matmul is fast for one row but nearly linear in the number of
-    rows, so a batch of decode steps costs almost as much as running them one by one; fbgemm's fp16 GEMM
-    reads the same 2 bytes per weight and batches like float32.
-    """
-
-    def __init__(self, linear: torch.nn.Linear) -> None:
-        super().__init__()
-        self.in_features, self.out_features = linear.in_features, linear.out_features
-        bias = None if linear.bias is None else linear.bias.detach().float()
-        self.packed = torch.ops.quantized.linear_prepack_fp16(linear.weight.detach().float(), bias)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """x @ W.T + b with the packed weight."""
-        out: torch.Tensor = torch.ops.quantized.linear_dynamic_fp16(x, self.packed)
-        return out
-
-    def extra_repr(self) -> str:
-        """Shown by print(model)."""
-        return f"in_features={self.in_features}, out_features={self.out_features}, fp16 packed (fbgemm)"
-
-
-def pack_fp16_linears(model: torch.nn.Module) -> int:
-    """Swap every nn.Linear of model for a PackedFP16Linear, one at a time; the rest goes to float32.
-
-    Only (parent, name) pairs are held, so each original weight is freed as soon as its layer is packed:
-    peak memory stays near the model's loaded size.
-    """
-    targets = [
-        (parent, name)
-        for parent in model.modules()
-        for name, child in parent.named_children()
-        if type(child) is torch.nn.Linear
-    ]
-    for parent, name in targets:
-        setattr(parent, name, PackedFP16Linear(getattr(parent, name)))
-    model.float()
-    return len(targets)
-
-
-def pick_device(requested: str) -> str:
-    """Resolve 'auto' to cuda, mps or cpu; refuse a device this machine lacks."""
-    if requested == "auto":
-        if torch.cuda.is_available():
-            return "cuda"
-        if torch.backends.mps.is_available():
-            return "mps"
-        return "cpu"
-    if requested.startswith("cuda") and not torch.cuda.is_available():
-        raise EngineLoadError(f"device {requested!r} was asked for, but no CUDA GPU is available here")
-    if requested == "mps" and not torch.backends.mps.is_available():
-        raise EngineLoadError("device 'mps' was asked for, but Apple's MPS backend is not available here")
-    return requested
-
-
-def pick_dtype(requested: str, device: str) -> torch.dtype:
-    """Resolve 'auto': bf16 on CUDA (fp16 on old GPUs), fp16 on MPS; on CPU see cpu_dtype."""
-    if requested != "auto":
-        return {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}[requested]
-    if device.startswith("cuda"):
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    if device == "mps":
-        return torch.float16
-    return cpu_dtype()
-
-
-def cpu_dtype() -> torch.dtype:
-    """bf16 on CPUs with bf16 units, fp16 (packed for fbgemm) on other x86 CPUs with AVX2, else float32."""
-    if cpu_supports_bf16():
-        return torch.bfloat16
-    return torch.float16 if cpu_packs_fp16() else torch.float32
-
-
-def quantization_config(quantization: str, device: str, dtype: torch.dtype) -> Any:
-    """A BitsAndBytesConfig for nf4/int8 on CUDA; a clear error anywhere else."""
-    if quantization == "none":
-        return None
-    if not device.startswith("cuda"):
-        raise EngineLoadError(
-            f"quantization {quantization!r} uses bitsandbytes and needs an NVIDIA GPU with CUDA; "
-            f'this machine would run the model on {device!r}. Set quantization = "none" to load it as is.'
-        )
-    try:
-        import bitsandbytes  # noqa: F401
-        from transformers import BitsAndBytesConfig
-    except ImportError as exc:
-        raise EngineLoadError(
-            f"quantization {quantization!r} needs bitsandbytes: pip install 'ai-stack[cuda]' ({exc})"
-        ) from None
-    if quantization == "nf4":
-        return BitsAndBytesConfig(  # type: ignore[no-untyped-call]
-            load_in_4bit=True,
-            bnb_4bit_quant_type="nf4",
-            bnb_4bit_compute_dtype=dtype,
-            bnb_4bit_use_double_quant=True,
-        )
-    return BitsAndBytesConfig(load_in_8bit=True)  # type: ignore[no-untyped-call]
-
-
-class OpenAIPenalties(LogitsProcessor):
-    """OpenAI's presence and frequency penalties over the tokens generated so far."""
-
-    def __init__(self, prompt_length: int, presence: float, frequency: float) -> None:
-        self.prompt_length, self.presence, self.frequency = prompt_length, presence, frequency
-
-    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
-        generated = input_ids[:, self.prompt_length :]
-        if generated.shape[1] == 0:
-            return scores
-        counts = torch.zeros_like(scores).scatter_add_(
-            1, generated, torch.ones_like(generated, dtype=scores.dtype)
-        )
-        penalised = scores - self.frequency * counts - self.presence * (counts > 0).to(scores.dtype)
-        return penalised  # type: ignore[return-value]
-
-
-class Detokenizer:
-    """Turns generated token ids into text pieces, holding back incomplete characters."""
-
-    def __init__(self, tokenizer: Any) -> None:
-        self.tokenizer = tokenizer
-        self.ids: list[int] = []
-        self.prefix_offset = 0
-        self.read_offset = 0
-        self.pending_tokens = 0
-        self.pending_logprobs: list[TokenLogprob] = []
-
-    def _decode(self, ids: list[int]) -> str:
-        return str(self.tokenizer.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False))
-
-    def add(self, token: int, logprob: TokenLogprob | None = None) -> Piece | None:
-        """Take the next token; return a piece once it completes some text."""
-        self.ids.append(token)
-        self.pending_tokens += 1
-        if logprob is not None:
-            self.pending_logprobs.append(logprob)
-        prefix = self._decode(self.ids[self.prefix_offset : self.read_offset])
-        full = self._decode(self.ids[self.prefix_offset :])
-        if len(full) > len(prefix) and not full.endswith("\ufffd"):
-            piece = Piece(full[len(prefix) :], self.pending_tokens, tuple(self.pending_logprobs))
-            self.pending_tokens, self.pending_logprobs = 0, []
-            self.prefix_offset, self.read_offset = self.read_offset, len(self.ids)
-            return piece
-        return None
-
-    def flush(self) -> Piece | None:
-        """Whatever tokens produced no text yet (so token counts stay right)."""
-        if not self.pending_tokens:
-            return None
-        full = self._decode(self.ids[self.prefix_offset :])
-        prefix = self._decode(self.ids[self.prefix_offset : self.read_offset])
-        piece = Piece(full[len(prefix) :], self.pending_tokens, tuple(self.pending_logprobs))
-        self.pending_tokens, self.pending_logprobs = 0, []
-        return piece
-
-
-class TokenTexts:
-    """Exact bytes of each token id (llguidance's view of the tokenizer), for logprobs entries."""
-
-    def __init__(self, tokenizer: Any, lltokenizer: Any) -> None:
-        self.tokenizer, self.lltokenizer = tokenizer, lltokenizer
-        self.cache: dict[int, tuple[str, list[int]]] = {}
-
-    def get(self, token: int) -> tuple[str, list[int]]:
-        """The token's text and bytes."""
-        hit = self.cache.get(token)
-        if hit is None:
-            if self.lltokenizer is not None and not self.lltokenizer.is_special_token(token):
-                raw = bytes(self.lltokenizer.decode_bytes([token]))
-                hit = (raw.decode("utf-8", errors="replace"), list(raw))
-            else:
-                text = str(self.tokenizer.convert_ids_to_tokens(token))
-                hit = (text, list(text.encode()))
-            self.cache[token] = hit
-        return hit
-
-    def logprob(self, logits: torch.Tensor, token: int, top: int) -> TokenLogprob:
-        """The chosen token's log-probability under raw `logits` (one row), with its `top` alternatives."""
-        logprobs = torch.log_softmax(logits, dim=-1)
-        alternatives: list[tuple[str, float, list[int]]] = []
-        if top:
-            values, indexes = torch.topk(logprobs, top)
-            for value, index in zip(values.tolist(), indexes.tolist(), strict=True):
-                text, raw = self.get(int(index))
-                alternatives.append((text, float(value), raw))
-        text, raw = self.get(token)
-        return TokenLogprob(text, float(logprobs[token]), raw, alternatives)
-
-
-def sampling_processors(params: SamplingParams, config: Any) -> tuple[bool, LogitsProcessorList]:
-    """Whether to sample, and the warpers (temperature, top-k, top-p, min-p) the request asks for."""
-    warpers = LogitsProcessorList()
-    if params.temperature == 0.0 or (params.temperature is None and not config.do_sample):
-        return False, warpers
-    temperature = params.temperature if params.temperature is not None else config.temperature
-    top_k = params.top_k if params.top_k is not None else config.top_k
-    top_p = params.top_p if params.top_p is not None else config.top_p
-    min_p = params.min_p if params.min_p is not None else config.min_p
-    if temperature is not None and temperature != 1.0:
-        warpers.append(TemperatureLogitsWarper(float(temperature)))
-    if top_k:
-        warpers.append(TopKLogitsWarper(int(top_k)))
-    if top_p is not None and top_p < 1.0:
-        warpers.append(TopPLogitsWarper(float(top_p)))
-    if min_p:
-        warpers.append(MinPLogitsWarper(float(min_p)))
-    return True, warpers
-
-
-class GrammarMask:
-    """An llguidance matcher for one request: masks the logits, then follows the chosen tokens."""
-
-    def __init__(self, lltokenizer: Any, grammar: str) -> None:
-        import llguidance
-        import llguidance.torch
-
-        self.matcher = llguidance.LLMatcher(lltokenizer, grammar)
-        if self.matcher.is_error():
-            raise GrammarError(self.matcher.get_error())
-        self._fill = llguidance.torch.fill_next_token_bitmask
-        self.bitmask = llguidance.torch.allocate_token_bitmask(1, lltokenizer.vocab_size)
-        self.shifts = torch.arange(32, dtype=torch.int32)
-
-    def apply(self, scores: torch.Tensor) -> None:
-        """Set every token the grammar forbids to -inf, in place (scores: 1 x vocab)."""
-        self._fill(self.matcher, self.bitmask, 0)
-        allowed = ((self.bitmask[0].unsqueeze(1) >> self.shifts) & 1).reshape(-1).bool()
-        vocab = scores.shape[-1]
-        if allowed.shape[0] < vocab:
-            allowed = torch.cat([allowed, torch.zeros(vocab - allowed.shape[0], dtype=torch.bool)])
-        scores.masked_fill_(~allowed[:vocab].to(scores.device).unsqueeze(0), float("-inf"))
-
-    def advance(self, token: int) -> bool:
-        """Consume the chosen token; True when the grammar has finished."""
-        self.matcher.consume_token(token)
-        return bool(self.matcher.is_stopped() or self.matcher.is_error())
 
 
 @dataclass
@@ -322,88 +67,28 @@ class _Prefill:
 
 
 class _Row:
-    """A request's sampling state while it generates: its processors, generator, tokens and detokenizer."""
+    """A request while it generates: its prompt ids, its sampler, and where it stands in the batch."""
 
     def __init__(self, engine: TransformersChatEngine, request: _Request) -> None:
-        params, device = request.params, engine.model.device
-        self.request, self.params, self.grammar = request, params, request.grammar
-        self.do_sample, self.warpers = sampling_processors(params, engine.model.generation_config)
-        self.penalties = LogitsProcessorList()
-        if params.repetition_penalty is not None and params.repetition_penalty != 1.0:
-            self.penalties.append(RepetitionPenaltyLogitsProcessor(params.repetition_penalty))
-        if params.presence_penalty or params.frequency_penalty:
-            self.penalties.append(
-                OpenAIPenalties(
-                    len(request.prompt.token_ids), params.presence_penalty, params.frequency_penalty
-                )
-            )
-        self.bias: torch.Tensor | None = None
-        if params.logit_bias:
-            self.bias = torch.zeros(engine.vocab_size, dtype=torch.float32, device=device)
-            for token, value in params.logit_bias.items():
-                self.bias[token] = value
-        self.generator: torch.Generator | None = None
-        if self.do_sample:
-            self.generator = torch.Generator(device=device)
-            if params.seed is not None:
-                self.generator.manual_seed(params.seed)
-            else:
-                self.generator.seed()
+        device = engine.model.device
+        self.request = request
+        self.sampler = RowSampler(
+            request.params,
+            request.prompt.token_ids,
+            generation_config=engine.model.generation_config,
+            vocab_size=engine.vocab_size,
+            eos_ids=engine.eos_ids,
+            tokenizer=engine.tokenizer,
+            emit=request.emit,
+            grammar=request.grammar,
+            texts=engine._texts,
+            device=device,
+        )
         self.ids = torch.tensor([request.prompt.token_ids], dtype=torch.long, device=device)
-        self.detok = Detokenizer(engine.tokenizer)
-        self.produced = 0
         self.position = len(request.prompt.token_ids)  # the position of the next token fed to the model
         self.next_token = -1
         self.finish: FinishReason | None = None
         self.error: BaseException | None = None
-
-
-class HFTextMixin:
-    """Chat template, special tokens and llguidance tokenizer from a Hugging Face tokenizer."""
-
-    tokenizer: Any
-    vocab_size: int
-    eos_ids: set[int]
-    _lltokenizer: Any
-    _lltokenizer_lock: threading.Lock
-
-    @property
-    def chat_template(self) -> str | None:
-        """The model's chat template source."""
-        template = getattr(self.tokenizer, "chat_template", None)
-        return template if isinstance(template, str) else None
-
-    def token_id(self, text: str) -> int | None:
-        """The id of a single (special) token spelled `text`, or None."""
-        ids = self.tokenizer.convert_tokens_to_ids([text])
-        unk = self.tokenizer.unk_token_id
-        return int(ids[0]) if ids and ids[0] is not None and ids[0] != unk else None
-
-    def lltokenizer(self) -> Any:
-        """llguidance's tokenizer for this model (built once, ~2 s for a 150k vocabulary)."""
-        with self._lltokenizer_lock:
-            if self._lltokenizer is None:
-                import llguidance.hf
-
-                self._lltokenizer = llguidance.hf.from_tokenizer(
-                    self.tokenizer, n_vocab=self.vocab_size, eos_token=sorted(self.eos_ids)
-                )
-            return self._lltokenizer
-
-    def render(self, messages: list[dict[str, Any]], template_kwargs: dict[str, Any]) -> Prompt:
-        """Apply the model's own chat template, then tokenize without adding special tokens twice."""
-        if not getattr(self.tokenizer, "chat_template", None):
-            raise ValueError("this model has no chat template; it cannot serve chat completions")
-        kwargs = dict(template_kwargs)
-        tools = kwargs.pop("tools", None)
-        try:
-            text = self.tokenizer.apply_chat_template(
-                messages, tools=tools, add_generation_prompt=True, tokenize=False, **kwargs
-            )
-        except Exception as exc:  # jinja2 raises TemplateError (or its own exception) for refused messages
-            raise ValueError(f"the model's chat template refused these messages: {exc}") from None
-        ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
-        return Prompt(token_ids=list(ids), text=str(text))
 
 
 class TransformersChatEngine(HFTextMixin):
@@ -417,14 +102,16 @@ class TransformersChatEngine(HFTextMixin):
     single-request path (no mask, no positions).
     """
 
+    engine_kind = "transformers"
+
     def __init__(
         self,
         model: Any,
         tokenizer: Any,
         device: str,
         context_length: int,
-        max_batch: int = DEFAULT_MAX_BATCH,
-        prefill_chunk: int = DEFAULT_PREFILL_CHUNK,
+        max_batch: int = DEFAULTS.max_batch,
+        prefill_chunk: int = DEFAULTS.prefill_chunk,
     ) -> None:
         self.model, self.tokenizer, self.device, self.context_length = (
             model,
@@ -434,11 +121,7 @@ class TransformersChatEngine(HFTextMixin):
         )
         self.max_batch = max(1, int(max_batch))
         self.prefill_chunk = max(1, int(prefill_chunk))
-        eos = model.generation_config.eos_token_id
-        eos_list = eos if isinstance(eos, list) else [eos]
-        self.eos_ids = {int(e) for e in eos_list if e is not None}
-        if tokenizer.eos_token_id is not None:
-            self.eos_ids.add(int(tokenizer.eos_token_id))
+        self.eos_ids = eos_ids_of(model.generation_config, tokenizer)
         self.vocab_size = int(model.get_output_embeddings().out_features)
         self._lltokenizer: Any = None
         self._lltokenizer_lock = threading.Lock()
@@ -708,54 +391,20 @@ class TransformersChatEngine(HFTextMixin):
 
     def _take(self, row: _Row, logits: torch.Tensor) -> None:
         """Process one row's raw logits (1 x vocab): sample, stop checks, emit; row.finish once it ends."""
-        params = row.params
-        scores = logits if row.bias is None else logits + row.bias
-        if row.penalties:
-            scores = row.penalties(row.ids, scores)  # type: ignore[arg-type]
-        if row.grammar is not None:
-            scores = scores.clone() if scores is logits else scores
-            row.grammar.apply(scores)
-        if row.do_sample:
-            scores = row.warpers(row.ids, scores)  # type: ignore[arg-type]
-            probs = torch.softmax(scores, dim=-1)
-            token = int(torch.multinomial(probs, 1, generator=row.generator)[0, 0])
-        else:
-            token = int(torch.argmax(scores, dim=-1)[0])
-        if token in self.eos_ids:
-            row.finish = "stop"
-            return
-        row.produced += 1
-        logprob = None if params.logprobs is None else self._logprob(logits[0], token, params.logprobs)
-        piece = row.detok.add(token, logprob)
-        if piece is not None:
-            row.request.emit(piece)
-        if row.grammar is not None and row.grammar.advance(token):
-            row.finish = "stop"
-            return
-        if row.produced >= params.max_tokens:
-            row.finish = "length"
-            return
-        row.next_token = token
-        if row.penalties:
-            row.ids = torch.cat([row.ids, row.ids.new_full((1, 1), token)], dim=1)
+        row.finish = row.sampler.step(logits)
+        row.next_token = row.sampler.token
 
     def _finish(self, row: _Row) -> None:
         """Emit the row's held-back tail and hand its outcome to the waiting generate() call."""
         request = row.request
         if row.error is None:
             try:
-                tail = row.detok.flush()
-                if tail is not None:
-                    request.emit(tail)
+                row.sampler.flush()
             except Exception as exc:
                 row.error = exc
-        outcome = Generation(row.finish or "stop", row.produced)
+        outcome = Generation(row.finish or "stop", row.sampler.produced)
         request.result = row.error if row.error is not None else outcome
         request.done.set()
-
-    def _logprob(self, logits: torch.Tensor, token: int, top: int) -> TokenLogprob:
-        assert self._texts is not None
-        return self._texts.logprob(logits, token, top)
 
     def close(self) -> None:
         """Stop the scheduler (failing requests queued or running), drop the model and free its memory."""
@@ -778,8 +427,8 @@ def load_transformers(
     dtype: str = "auto",
     quantization: str = "none",
     context_length: int | None = None,
-    max_batch: int = DEFAULT_MAX_BATCH,
-    prefill_chunk: int = DEFAULT_PREFILL_CHUNK,
+    max_batch: int = DEFAULTS.max_batch,
+    prefill_chunk: int = DEFAULTS.prefill_chunk,
 ) -> TransformersChatEngine:
     """Load a chat model from a local folder or hub id onto the chosen device."""
     started = time.monotonic()
@@ -816,3 +465,19 @@ def load_transformers(
         limit,
     )
     return TransformersChatEngine(model, tokenizer, resolved_device, limit, max_batch, prefill_chunk)
+
+
+def load(spec: ModelSpec, config: Config, options: TransformersOptions) -> TransformersChatEngine:
+    """The catalog's loader: prepare the spec's source (convert a GGUF once), then load it."""
+    from ai_stack.sources import parse_source, prepare_source
+
+    location = prepare_source(parse_source(spec.source, config.base_dir), config.server.home)
+    return load_transformers(
+        location,
+        device=spec.device,
+        dtype=spec.dtype,
+        quantization=spec.quantization,
+        context_length=spec.context_length,
+        max_batch=options.max_batch,
+        prefill_chunk=options.prefill_chunk,
+    )

@@ -3,28 +3,16 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
-import logging
-import secrets
-import string
 import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
-from ai_stack.engines.base import (
-    ChatEngine,
-    Generation,
-    GenerationCancelled,
-    Piece,
-    Prompt,
-    SamplingParams,
-    TokenLogprob,
-)
-from ai_stack.errors import APIError, ContextLengthExceeded, InvalidRequest
+from ai_stack.engines.base import SamplingParams, TokenLogprob
+from ai_stack.errors import ContextLengthExceeded, InvalidRequest, stream_error_body
 from ai_stack.metrics import Metrics
 from ai_stack.protocol import (
     AssistantMessage,
@@ -42,134 +30,12 @@ from ai_stack.protocol import (
 )
 from ai_stack.registry import ModelRegistry
 from ai_stack.serving.constraints import json_grammar, tool_grammar
-from ai_stack.serving.parsers import (
-    OutputParser,
-    ParsedDelta,
-    ToolCall,
-    detect_reasoning,
-    detect_tool_format,
-    prompt_opens_reasoning,
-)
-
-log = logging.getLogger(__name__)
-
-
-class StopMatcher:
-    """Cuts streamed text at the first stop sequence, holding back text that may be a stop's beginning."""
-
-    def __init__(self, stops: list[str]) -> None:
-        self.stops = stops
-        self.buffer = ""
-
-    def feed(self, text: str) -> tuple[str, bool]:
-        """Add text; return what is safe to emit and whether a stop sequence was reached."""
-        self.buffer += text
-        if not self.stops:
-            out, self.buffer = self.buffer, ""
-            return out, False
-        hits = [i for i in (self.buffer.find(stop) for stop in self.stops) if i >= 0]
-        if hits:
-            out, self.buffer = self.buffer[: min(hits)], ""
-            return out, True
-        hold = 0
-        for stop in self.stops:
-            for size in range(min(len(stop) - 1, len(self.buffer)), hold, -1):
-                if self.buffer.endswith(stop[:size]):
-                    hold = size
-                    break
-        out = self.buffer[: len(self.buffer) - hold]
-        self.buffer = self.buffer[len(out) :]
-        return out, False
-
-    def flush(self) -> str:
-        """Whatever is held back once generation has ended without a stop."""
-        out, self.buffer = self.buffer, ""
-        return out
+from ai_stack.serving.generation import ChoiceEvent, PreparedChat, RunResult, run_choices
+from ai_stack.serving.parsers import ToolCall, detect_reasoning, detect_tool_format, prompt_opens_reasoning
 
 
 class ClientDisconnected(Exception):
     """The client went away before its answer was ready; the generation was cancelled."""
-
-
-@dataclass
-class _Done:
-    result: Generation | BaseException
-
-
-@dataclass
-class RunResult:
-    """How a generation ended."""
-
-    finish_reason: str = "stop"
-    completion_tokens: int = 0
-    reasoning_tokens: int = 0
-
-
-@dataclass
-class Chunk:
-    """Text safe to send, the tokens it took and their log-probabilities (when asked for)."""
-
-    text: str
-    tokens: int = 0
-    logprobs: list[TokenLogprob] = field(default_factory=list)
-
-
-async def generate_text(
-    engine: ChatEngine,
-    prompt: Prompt,
-    params: SamplingParams,
-    stops: list[str],
-    cancel: threading.Event,
-    result: RunResult,
-) -> AsyncIterator[Chunk]:
-    """Run engine.generate in a daemon thread and yield text chunks; closing the iterator cancels the work."""
-    loop = asyncio.get_running_loop()
-    queue: asyncio.Queue[Piece | _Done] = asyncio.Queue()
-
-    def put(item: Piece | _Done) -> None:
-        with contextlib.suppress(RuntimeError):  # the loop is gone: nobody is listening any more
-            loop.call_soon_threadsafe(queue.put_nowait, item)
-
-    def work() -> None:
-        try:
-            outcome: Generation | BaseException = engine.generate(prompt, params, cancel, put)
-        except BaseException as exc:
-            outcome = exc
-        put(_Done(outcome))
-
-    threading.Thread(target=work, name="generate", daemon=True).start()
-    matcher = StopMatcher(stops)
-    stopped = False
-    pending = Chunk("")
-    try:
-        while True:
-            item = await queue.get()
-            if isinstance(item, _Done):
-                if isinstance(item.result, GenerationCancelled):
-                    result.finish_reason = "stop"
-                    return
-                if isinstance(item.result, BaseException):
-                    raise item.result
-                if not stopped:
-                    pending.text = matcher.flush()
-                    if pending.text or pending.tokens:
-                        yield pending
-                    result.finish_reason = item.result.finish_reason
-                result.completion_tokens = item.result.completion_tokens
-                return
-            if stopped:
-                continue  # the engine is winding down after a stop sequence
-            pending.tokens += item.tokens
-            pending.logprobs.extend(item.logprobs)
-            pending.text, stopped = matcher.feed(item.text)
-            if pending.text or stopped:
-                yield pending
-                pending = Chunk("")
-            if stopped:
-                result.finish_reason = "stop"
-                cancel.set()
-    finally:
-        cancel.set()
 
 
 def _messages(request: ChatCompletionRequest) -> list[dict[str, Any]]:
@@ -206,134 +72,6 @@ def _template_tool_call(call: dict[str, Any]) -> dict[str, Any]:
     except json.JSONDecodeError:
         return call
     return {**call, "function": {**function, "arguments": arguments}}
-
-
-@dataclass
-class PreparedChat:
-    """A validated request, bound to its model and rendered prompt."""
-
-    model_id: str
-    engine: ChatEngine
-    prompt: Prompt
-    params: SamplingParams
-    stops: list[str]
-    n: int = 1
-    logprobs: bool = False
-    tool_format: str | None = None
-    tool_names: set[str] | None = None
-    parallel_tool_calls: bool = True
-    reasoning: bool = False
-    in_reasoning: bool = False
-
-    def parser(self) -> OutputParser | None:
-        """A fresh output parser for one choice, or None when the text is all content."""
-        if self.tool_format is None and not self.reasoning:
-            return None
-        return OutputParser(
-            self.tool_format, self.reasoning, self.in_reasoning, self.tool_names, self.parallel_tool_calls
-        )
-
-
-@dataclass
-class ChoiceEvent:
-    """Something one choice produced: parsed text, log-probabilities, or (last) its finish reason."""
-
-    index: int
-    delta: ParsedDelta
-    logprobs: list[TokenLogprob] = field(default_factory=list)
-    finish_reason: str | None = None
-    result: RunResult | None = None
-
-
-def _fit_ids(delta: ParsedDelta, tool_format: str | None) -> ParsedDelta:
-    """Mistral's templates accept only 9-character alphanumeric tool-call ids; give its calls such ids."""
-    if tool_format == "mistral":
-        for call in delta.tool_calls:
-            call.id = "".join(secrets.choice(string.ascii_letters + string.digits) for _ in range(9))
-    return delta
-
-
-async def run_choice(chat: PreparedChat, index: int, cancel: threading.Event) -> AsyncIterator[ChoiceEvent]:
-    """Generate one choice and parse it into content, reasoning and tool calls."""
-    result = RunResult()
-    params = chat.params
-    if index and params.seed is not None:  # several choices with one seed must still differ
-        params = replace(params, seed=params.seed + index)
-    parser = chat.parser()
-    calls = 0
-    seen: set[tuple[str, str]] = set()
-    done = False  # enough tool calls: the rest of the generation is cut short and ignored
-    texts = generate_text(chat.engine, chat.prompt, params, chat.stops, cancel, result)
-    try:
-        async for chunk in texts:
-            if parser is None:
-                yield ChoiceEvent(index, ParsedDelta(content=chunk.text), chunk.logprobs)
-                continue
-            if done:
-                continue
-            delta = _fit_ids(parser.feed(chunk.text), chat.tool_format)
-            if parser.in_reasoning:
-                result.reasoning_tokens += chunk.tokens
-            fresh = []
-            for call in delta.tool_calls:
-                # A small model can repeat one call forever (a grammar that allows several calls lets it):
-                # the first repeat ends the answer, as does the first call when parallel calls are off.
-                if (call.name, call.arguments) in seen:
-                    done = True
-                    break
-                seen.add((call.name, call.arguments))
-                fresh.append(call)
-            delta.tool_calls = fresh
-            calls += len(fresh)
-            if calls and not chat.parallel_tool_calls:
-                done = True
-            if done:
-                cancel.set()
-            yield ChoiceEvent(index, delta, chunk.logprobs)
-    finally:
-        await texts.aclose()  # type: ignore[attr-defined]
-    if parser is not None and not done:
-        tail = _fit_ids(parser.finish(), chat.tool_format)
-        tail.tool_calls = [call for call in tail.tool_calls if (call.name, call.arguments) not in seen]
-        calls += len(tail.tool_calls)
-        yield ChoiceEvent(index, tail)
-    finish = "tool_calls" if calls else result.finish_reason
-    yield ChoiceEvent(index, ParsedDelta(), finish_reason=finish, result=result)
-
-
-async def run_choices(chat: PreparedChat, cancels: list[threading.Event]) -> AsyncIterator[ChoiceEvent]:
-    """All n choices of a request, their events interleaved as they come."""
-    if chat.n == 1:
-        async for event in run_choice(chat, 0, cancels[0]):
-            yield event
-        return
-    queue: asyncio.Queue[ChoiceEvent | BaseException | None] = asyncio.Queue()
-
-    async def pump(index: int) -> None:
-        try:
-            async for event in run_choice(chat, index, cancels[index]):
-                await queue.put(event)
-        except Exception as exc:
-            await queue.put(exc)
-        finally:
-            await queue.put(None)
-
-    tasks = [asyncio.ensure_future(pump(index)) for index in range(chat.n)]
-    try:
-        running = chat.n
-        while running:
-            item = await queue.get()
-            if item is None:
-                running -= 1
-            elif isinstance(item, BaseException):
-                raise item
-            else:
-                yield item
-    finally:
-        for cancel in cancels:
-            cancel.set()
-        for task in tasks:
-            task.cancel()
 
 
 def _usage(chat: PreparedChat, results: list[RunResult]) -> Usage:
@@ -419,8 +157,8 @@ class ChatService:
 
     async def prepare(self, request: ChatCompletionRequest) -> PreparedChat:
         """Find the model, render the prompt, set up constraints and parsers, and check the context fits."""
-        entry, engine = self.registry.engine_for(request.model, "chat")
-        template = getattr(engine, "chat_template", None)
+        entry, engine = self.registry.chat_engine(request.model)
+        template = engine.chat_template
         template_kwargs = dict(request.chat_template_kwargs or {})
         if request.reasoning_effort == "none":
             template_kwargs["enable_thinking"] = False
@@ -439,7 +177,7 @@ class ChatService:
                 tools,
                 tool_format,
                 request.parallel_tool_calls and not isinstance(choice, NamedToolChoice),
-                getattr(engine, "token_id", lambda text: None),
+                engine.token_id,
             )
         elif request.response_format is not None:
             grammar = await asyncio.to_thread(json_grammar, request.response_format)
@@ -449,7 +187,7 @@ class ChatService:
             template_kwargs["enable_thinking"] = False
         bias: dict[int, float] | None = None
         if request.logit_bias:
-            vocab = getattr(engine, "vocab_size", None)
+            vocab = engine.vocab_size
             bias = {int(key): value for key, value in request.logit_bias.items()}
             if vocab is not None and any(key >= vocab for key in bias):
                 raise InvalidRequest(
@@ -594,12 +332,7 @@ class ChatService:
             if include_usage:
                 yield chunk([], _usage(chat, results))
         except Exception as exc:
-            if isinstance(exc, APIError):
-                error = exc
-            else:
-                log.exception("generation failed for %s", chat.model_id)
-                error = APIError(f"The model failed while generating: {type(exc).__name__}")
-            yield f"data: {json.dumps(error.body())}\n\n"
+            yield f"data: {json.dumps(stream_error_body(exc, chat.model_id, 'generating'))}\n\n"
         finally:
             for cancel in cancels:
                 cancel.set()

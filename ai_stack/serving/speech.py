@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import contextlib
 import json
@@ -10,14 +9,17 @@ import logging
 import math
 import re
 import threading
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from dataclasses import dataclass, field
 
 from ai_stack.audio import FORMATS, AudioEncoder
-from ai_stack.engines.speech import SpeechEngine, parse_voice_blend
-from ai_stack.errors import APIError, InvalidRequest
+from ai_stack.engines.base import SpeechEngine
+from ai_stack.engines.catalog import ENGINES, SpeechOptions
+from ai_stack.engines.voices import parse_voice_blend
+from ai_stack.errors import InvalidRequest, stream_error_body
 from ai_stack.protocol import SpeechRequest
 from ai_stack.registry import ModelEntry, ModelRegistry
+from ai_stack.threads import ThreadStream
 
 log = logging.getLogger(__name__)
 
@@ -47,19 +49,25 @@ def input_tokens(text: str) -> int:
     return len(_WORD.findall(text))
 
 
+def speech_options(entry: ModelEntry) -> SpeechOptions:
+    """A speech model's options, as its engine's options model reads them (the config checked them)."""
+    options = ENGINES[entry.spec.engine].options.model_validate(entry.spec.options)
+    assert isinstance(options, SpeechOptions)
+    return options
+
+
 def resolve_voice(entry: ModelEntry, engine: SpeechEngine, requested: str) -> str:
     """The engine voice for a requested name: an engine voice, a configured or OpenAI name, or a blend."""
     valid = [v.id for v in engine.voices()]
     if requested in valid:
         return requested
-    options = entry.spec.options
-    voice_map = options.get("voice_map") or {}
-    mapped = voice_map.get(requested) if isinstance(voice_map, dict) else None
+    options = speech_options(entry)
+    mapped = options.voice_map.get(requested)
     if mapped is None and requested.lower() in OPENAI_VOICES:
-        mapped = options.get("default_voice") or (valid[0] if valid else None)
+        mapped = options.default_voice or (valid[0] if valid else None)
     if mapped is not None:
-        return str(mapped)
-    if hasattr(engine, "style") and ("+" in requested or "(" in requested):
+        return mapped
+    if engine.blends and ("+" in requested or "(" in requested):
         try:
             names = [name for name, _ in parse_voice_blend(requested)]
         except ValueError as exc:
@@ -69,7 +77,7 @@ def resolve_voice(entry: ModelEntry, engine: SpeechEngine, requested: str) -> st
         if not missing:
             return requested
         requested = missing[0]
-    extra = [*(voice_map if isinstance(voice_map, dict) else {}), *OPENAI_VOICES]
+    extra = [*options.voice_map, *OPENAI_VOICES]
     raise InvalidRequest(
         f"Unknown voice '{requested}' for model '{entry.spec.id}'. Valid voices: {', '.join(valid)}"
         f" (OpenAI voice names are accepted too: {', '.join(dict.fromkeys(extra))})",
@@ -111,26 +119,14 @@ class PreparedSpeech:
         return "text/event-stream" if self.stream_format == "sse" else FORMATS[self.response_format]
 
 
-@dataclass
-class _End:
-    error: BaseException | None = None
-
-
 async def encoded_audio(speech: PreparedSpeech) -> AsyncGenerator[bytes, None]:
     """Synthesize and encode in a daemon thread, yielding one continuous file; closing it cancels."""
-    loop = asyncio.get_running_loop()
-    queue: asyncio.Queue[bytes | _End] = asyncio.Queue()
     cancel, result = speech.cancel, speech.result
     result.sample_rate = speech.engine.sample_rate
 
-    def put(item: bytes | _End) -> None:
-        with contextlib.suppress(RuntimeError):  # the loop is gone: nobody is listening any more
-            loop.call_soon_threadsafe(queue.put_nowait, item)
-
-    def work() -> None:
-        encoder: AudioEncoder | None = None
+    def work(put: Callable[[bytes], None]) -> None:
+        encoder = AudioEncoder(speech.response_format, speech.engine.sample_rate)
         try:
-            encoder = AudioEncoder(speech.response_format, speech.engine.sample_rate)
             sentences = speech.engine.synthesize(speech.text, speech.voice, speech.speed, cancel)
             with contextlib.closing(sentences):  # type: ignore[type-var]
                 for audio in sentences:
@@ -142,27 +138,19 @@ async def encoded_audio(speech: PreparedSpeech) -> AsyncGenerator[bytes, None]:
                         put(data)
             if cancel.is_set():
                 encoder.close()
-                put(_End())
                 return
             tail = encoder.finish()
             if tail:
                 put(tail)
-            put(_End())
-        except BaseException as exc:
-            if encoder is not None:
-                with contextlib.suppress(Exception):
-                    encoder.close()
-            put(_End(exc))
+        except BaseException:
+            with contextlib.suppress(Exception):
+                encoder.close()
+            raise
 
-    threading.Thread(target=work, name=f"speech-{speech.model_id}", daemon=True).start()
+    chunks: ThreadStream[bytes, None] = ThreadStream(work, name=f"speech-{speech.model_id}")
     try:
-        while True:
-            item = await queue.get()
-            if isinstance(item, _End):
-                if item.error is not None:
-                    raise item.error
-                return
-            yield item
+        async for data in chunks:
+            yield data
     finally:
         cancel.set()
 
@@ -175,7 +163,7 @@ class SpeechService:
 
     def prepare(self, request: SpeechRequest) -> PreparedSpeech:
         """Find the model and resolve the voice; problems here are error responses, not broken streams."""
-        entry, engine = self.registry.engine_for(request.model, "speech")
+        entry, engine = self.registry.speech_engine(request.model)
         voice = resolve_voice(entry, engine, request.voice_id)
         return PreparedSpeech(
             model_id=entry.spec.id,
@@ -235,12 +223,7 @@ class SpeechService:
             usage = {"input_tokens": in_tokens, "output_tokens": out_tokens, "total_tokens": total}
             yield f"data: {json.dumps({'type': 'speech.audio.done', 'usage': usage})}\n\n".encode()
         except Exception as exc:
-            if isinstance(exc, APIError):
-                error = exc
-            else:
-                log.exception("speech synthesis failed for %s", speech.model_id)
-                error = APIError(f"The model failed while speaking: {type(exc).__name__}")
-            yield f"data: {json.dumps(error.body())}\n\n".encode()
+            yield f"data: {json.dumps(stream_error_body(exc, speech.model_id, 'speaking'))}\n\n".encode()
         finally:
             speech.cancel.set()
             await chunks.aclose()

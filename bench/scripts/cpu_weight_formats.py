@@ -16,7 +16,7 @@ from torch.ao.quantization import default_dynamic_qconfig, per_channel_dynamic_q
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", ".."))
-from ai_stack.engines.transformers import pack_fp16_linears
+from ai_stack.engines.torch_device import pack_fp16_linears
 from bench.scripts.prompts import PROMPTS
 
 warnings.filterwarnings("ignore")  # torch.ao.quantization's deprecation notices

@@ -1,0 +1,176 @@
+"""The engine table: each engine's kind, options and loader, imported only when a model of it loads.
+
+A new engine is one module with a `load(spec, config, options)` function plus one row in `ENGINES` (and an
+options model here when it takes options). Config validation, loading and the CLI all read this table.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+if TYPE_CHECKING:
+    from ai_stack.config import Config, ModelSpec
+    from ai_stack.engines.base import ChatEngine, SpeechEngine
+
+ModelKind = Literal["chat", "speech"]
+
+
+class EngineOptions(BaseModel):
+    """Options of an engine that takes none; every engine's options refuse unknown keys and wrong types."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+class TransformersOptions(EngineOptions):
+    """transformers: continuous batching."""
+
+    max_batch: int = Field(default=8, ge=1)  # requests decoded together; more wait for a free row
+    prefill_chunk: int = Field(default=256, ge=1)  # prompt tokens fed between two decode steps
+
+
+class LlamaCppOptions(EngineOptions):
+    """llama.cpp: sequences in one context, threads, prompt chunk, batch invariance."""
+
+    parallel: int = Field(default=4, ge=1)
+    n_threads: int | None = Field(default=None, ge=1)  # None: the physical cores
+    n_batch: int = Field(default=512, ge=8)
+    batch_invariant: bool = False
+
+
+class AutoOptions(TransformersOptions, LlamaCppOptions):
+    """auto: the options of both engines it may pick."""
+
+
+class FakeOptions(EngineOptions):
+    """fake chat: a scripted reply (else an echo), pacing, and simulated slow or failing loads."""
+
+    reply: str | None = None
+    token_delay: float = Field(default=0.0, ge=0)
+    context_length: int = Field(default=4096, ge=1)
+    chat_template: str | None = None  # only so that tool-call and reasoning formats can be detected
+    load_delay: float = Field(default=0.0, ge=0)
+    fail_load: str | None = None
+
+
+class SpeechOptions(EngineOptions):
+    """Every speech engine: OpenAI voice names mapped to the engine's voices."""
+
+    voice_map: dict[str, str] = Field(default_factory=dict)
+    default_voice: str | None = None
+
+
+class PiperOptions(SpeechOptions):
+    """piper: the voice's JSON config, its name, and the noise scales (0 makes a voice deterministic)."""
+
+    config: str | None = None
+    voice_id: str | None = None
+    noise_scale: float | None = Field(default=None, ge=0)
+    noise_w: float | None = Field(default=None, ge=0)
+
+
+class KokoroOnnxOptions(SpeechOptions):
+    """kokoro-onnx: the voices file and the espeak language of the text."""
+
+    voices: str | None = None
+    lang: str = "en-us"
+
+
+class KokoroOptions(SpeechOptions):
+    """kokoro (PyTorch): config.json, the folder of .pt voices, the espeak language of the text."""
+
+    config: str | None = None
+    voices_dir: str | None = None
+    lang: str = "en-us"
+
+
+class FakeSpeechOptions(SpeechOptions):
+    """fake speech: named voices speaking a tone per character, for API tests without a model."""
+
+    voices: list[str] = Field(default_factory=lambda: ["fake-a", "fake-b"], min_length=1)
+    sample_rate: int = Field(default=24000, ge=8000)
+    load_delay: float = Field(default=0.0, ge=0)
+    fail_load: str | None = None
+
+
+@dataclass(frozen=True)
+class EngineInfo:
+    """One engine: the kind of model it serves, its options model and its loader ("module:function")."""
+
+    kind: ModelKind
+    loader: str
+    options: type[EngineOptions] = EngineOptions
+    prepared: bool = False  # its weights come from sources that `ai-stack prepare` assembles and converts
+
+
+ENGINES: dict[str, EngineInfo] = {
+    "transformers": EngineInfo("chat", "ai_stack.engines.transformers:load", TransformersOptions, True),
+    "llamacpp": EngineInfo("chat", "ai_stack.engines.llamacpp:load", LlamaCppOptions),
+    "auto": EngineInfo("chat", "ai_stack.engines.catalog:load_auto", AutoOptions, True),
+    "fake": EngineInfo("chat", "ai_stack.engines.fake:load", FakeOptions),
+    "piper": EngineInfo("speech", "ai_stack.engines.piper:load", PiperOptions),
+    "kokoro-onnx": EngineInfo("speech", "ai_stack.engines.kokoro_onnx:load", KokoroOnnxOptions),
+    "kokoro": EngineInfo("speech", "ai_stack.engines.kokoro_torch:load", KokoroOptions),
+    "fake-speech": EngineInfo("speech", "ai_stack.engines.fake_speech:load", FakeSpeechOptions),
+}
+
+
+def engine_names(kind: ModelKind) -> list[str]:
+    """The engines that serve a kind of model."""
+    return [name for name, info in ENGINES.items() if info.kind == kind]
+
+
+def options_problem(engine: str, options: dict[str, Any]) -> str | None:
+    """Why `options` are not valid for `engine` (naming the key), or None when they are."""
+    try:
+        ENGINES[engine].options.model_validate(options)
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        key = ".".join(str(part) for part in error["loc"])
+        if error["type"] == "extra_forbidden":
+            known = ", ".join(ENGINES[engine].options.model_fields) or "none"
+            return f"unknown option {key!r} for engine {engine!r} (its options: {known})"
+        return f"option {key!r}: {str(error['msg']).removeprefix('Value error, ')}"
+    return None
+
+
+def llamacpp_available() -> bool:
+    """Whether llama-cpp-python is installed (`make install-llamacpp`)."""
+    return importlib.util.find_spec("llama_cpp") is not None
+
+
+def resolve_engine(spec: ModelSpec, config: Config) -> str:
+    """The engine that serves a spec: `auto` is llamacpp for GGUF sources when llama_cpp is installed."""
+    if spec.engine != "auto":
+        return spec.engine
+    from ai_stack.sources import parse_source
+
+    source = parse_source(spec.source, config.base_dir)
+    return "llamacpp" if source.kind in ("embedded", "gguf") and llamacpp_available() else "transformers"
+
+
+def _loader(engine: str) -> Any:
+    module, _, function = ENGINES[engine].loader.partition(":")
+    return getattr(importlib.import_module(module), function)
+
+
+def load_engine(spec: ModelSpec, config: Config) -> ChatEngine | SpeechEngine:
+    """Load the engine a model spec names (blocking; call from a worker thread)."""
+    info = ENGINES[spec.engine]
+    engine: ChatEngine | SpeechEngine = _loader(spec.engine)(
+        spec, config, info.options.model_validate(spec.options)
+    )
+    return engine
+
+
+def load_auto(spec: ModelSpec, config: Config, options: AutoOptions) -> ChatEngine:
+    """`auto`: llama.cpp for a GGUF source when it is installed, else transformers, with their own options."""
+    engine = resolve_engine(spec, config)
+    info = ENGINES[engine]
+    own = info.options.model_validate(options.model_dump(include=set(info.options.model_fields)))
+    loaded: ChatEngine = _loader(engine)(spec, config, own)
+    return loaded

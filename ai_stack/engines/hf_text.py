@@ -1,0 +1,66 @@
+"""A Hugging Face tokenizer's side of a chat engine: chat template, special tokens, llguidance tokenizer."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+from ai_stack.engines.base import Prompt
+
+
+def eos_ids_of(generation_config: Any, tokenizer: Any) -> set[int]:
+    """Every token id that ends a generation: the generation config's EOS ids and the tokenizer's."""
+    eos = generation_config.eos_token_id
+    eos_list = eos if isinstance(eos, list) else [eos]
+    ids = {int(e) for e in eos_list if e is not None}
+    if tokenizer.eos_token_id is not None:
+        ids.add(int(tokenizer.eos_token_id))
+    return ids
+
+
+class HFTextMixin:
+    """Chat template, special tokens and llguidance tokenizer from a Hugging Face tokenizer."""
+
+    tokenizer: Any
+    vocab_size: int
+    eos_ids: set[int]
+    _lltokenizer: Any = None
+    _lltokenizer_lock: threading.Lock
+
+    @property
+    def chat_template(self) -> str | None:
+        """The model's chat template source."""
+        template = getattr(self.tokenizer, "chat_template", None)
+        return template if isinstance(template, str) else None
+
+    def token_id(self, text: str) -> int | None:
+        """The id of a single (special) token spelled `text`, or None."""
+        ids = self.tokenizer.convert_tokens_to_ids([text])
+        unk = self.tokenizer.unk_token_id
+        return int(ids[0]) if ids and ids[0] is not None and ids[0] != unk else None
+
+    def lltokenizer(self) -> Any:
+        """llguidance's tokenizer for this model (built once, ~2 s for a 150k vocabulary)."""
+        with self._lltokenizer_lock:
+            if self._lltokenizer is None:
+                import llguidance.hf
+
+                self._lltokenizer = llguidance.hf.from_tokenizer(
+                    self.tokenizer, n_vocab=self.vocab_size, eos_token=sorted(self.eos_ids)
+                )
+            return self._lltokenizer
+
+    def render(self, messages: list[dict[str, Any]], template_kwargs: dict[str, Any]) -> Prompt:
+        """Apply the model's own chat template, then tokenize without adding special tokens twice."""
+        if not getattr(self.tokenizer, "chat_template", None):
+            raise ValueError("this model has no chat template; it cannot serve chat completions")
+        kwargs = dict(template_kwargs)
+        tools = kwargs.pop("tools", None)
+        try:
+            text = self.tokenizer.apply_chat_template(
+                messages, tools=tools, add_generation_prompt=True, tokenize=False, **kwargs
+            )
+        except Exception as exc:  # jinja2 raises TemplateError (or its own exception) for refused messages
+            raise ValueError(f"the model's chat template refused these messages: {exc}") from None
+        ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        return Prompt(token_ids=list(ids), text=str(text))
