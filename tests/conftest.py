@@ -17,6 +17,7 @@ from starlette.testclient import TestClient
 
 from ai_stack.app import create_app
 from ai_stack.config import Config
+from tests.tiny_models import build_tiny_model
 
 FAKE: dict[str, Any] = {"id": "fake-chat", "aliases": ["fake"], "engine": "fake", "source": "fake:"}
 
@@ -46,6 +47,19 @@ def wait_ready(client: TestClient | httpx.Client, model: str, timeout: float = 3
         return any(m["id"] == model and m["state"] == "ready" for m in data)
 
     assert wait_for(ready, timeout), client.get("/v1/models").json()
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Path]:
+    """The folder of a tiny random model (qwen3, llama, mistral), built once per test run on first use."""
+    built: dict[str, Path] = {}
+
+    def get(arch: str) -> Path:
+        if arch not in built:
+            built[arch] = build_tiny_model(arch, tmp_path_factory.mktemp("tiny") / arch)
+        return built[arch]
+
+    return get
 
 
 @pytest.fixture

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -10,7 +11,6 @@ import pytest
 from transformers import AutoTokenizer
 
 from tests.conftest import FAKE, wait_ready
-from tests.tiny_models import build_tiny_model
 
 HERMES_TEMPLATE = "{% for m in messages %}{{ m.content }}{% endfor %} <tool_call> (hermes-style tools)"
 QWEN3_TEMPLATE = "{{ '<think>' }} {{ '<tool_call>' }}"
@@ -265,8 +265,8 @@ def test_required_tool_choice_without_a_tool_format_is_400(app_client: Any) -> N
 
 
 @pytest.fixture(scope="module")
-def tiny_qwen3(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_tiny_model("qwen3", tmp_path_factory.mktemp("tiny") / "qwen3")
+def tiny_qwen3(tiny_model: Callable[[str], Path]) -> Path:
+    return tiny_model("qwen3")
 
 
 def test_tiny_qwen3_reasoning_through_the_engine(app_client: Any, tiny_qwen3: Path) -> None:

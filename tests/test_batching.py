@@ -14,7 +14,6 @@ import pytest
 from ai_stack.engines.base import Generation, GenerationCancelled, Piece, SamplingParams
 from ai_stack.engines.transformers import TransformersChatEngine, load_transformers
 from tests.conftest import wait_for, wait_ready
-from tests.tiny_models import build_tiny_model
 
 ARCHS = ["llama", "qwen3"]
 QUESTIONS = [
@@ -26,9 +25,8 @@ QUESTIONS = [
 
 
 @pytest.fixture(scope="module")
-def tiny_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    root = tmp_path_factory.mktemp("tiny-batch")
-    return {arch: build_tiny_model(arch, root / arch) for arch in ARCHS}
+def tiny_dirs(tiny_model: Callable[[str], Path]) -> dict[str, Path]:
+    return {arch: tiny_model(arch) for arch in ARCHS}
 
 
 @pytest.fixture(scope="module")

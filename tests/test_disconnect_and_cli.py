@@ -79,7 +79,7 @@ def test_bad_config_files_name_file_key_and_problem(tmp_path: Path) -> None:
         "speech-kind.toml": (
             '[[models]]\nid = "a"\nsource = "x.onnx"\nengine = "piper"',
             "models[0]",
-            'engine \'piper\' serves speech models; set kind = "speech"',
+            "engine 'piper' serves speech models; set kind = \"speech\"",
         ),
     }
     for name, (text, key, problem) in cases.items():

@@ -10,8 +10,9 @@ import importlib.resources
 import json
 import math
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -27,6 +28,7 @@ from ai_stack.engines.kokoro_torch import (  # noqa: E402
     load_kokoro_torch,
     split_phonemes,
 )
+from tests.conftest import wait_ready  # noqa: E402
 
 VOICE_A, VOICE_B = "af_test", "am_test"
 # Each phoneme gets sigmoid(bias) * max_dur frames (one frame = 600 samples at 24 kHz): 0.05 s.
@@ -237,3 +239,28 @@ def test_load_engine_resolves_paths_against_the_config(kokoro_files: tuple[Path,
         load_engine(spec.model_copy(update={"options": {"config": config_path.name}}), config)
     with pytest.raises(ValueError, match="kind"):
         ModelSpec(id="k", kind="chat", engine="kokoro", source="x.pth")
+
+
+def test_blends_through_the_speech_api(
+    app_client: Callable[..., Any], kokoro_files: tuple[Path, Path, Path]
+) -> None:
+    """A weighted blend works through /v1/audio/speech on the PyTorch engine too; an unknown part is a 400."""
+    model_path, config_path, voices = kokoro_files
+    spec = {
+        "id": "kokoro-en",
+        "kind": "speech",
+        "engine": "kokoro",
+        "source": str(model_path),
+        "device": "cpu",
+        "options": {"config": str(config_path), "voices_dir": str(voices)},
+    }
+    client = app_client([spec])
+    wait_ready(client, "kokoro-en", timeout=120)
+    body = {"model": "kokoro-en", "input": "Hello there.", "response_format": "pcm"}
+    response = client.post("/v1/audio/speech", json={**body, "voice": f"{VOICE_A}(3)+{VOICE_B}(1)"})
+    assert response.status_code == 200, response.text
+    assert len(response.content) > 2 * 2400  # more than 0.1 s of 24 kHz s16 audio
+    response = client.post("/v1/audio/speech", json={**body, "voice": f"{VOICE_A}+nobody(2)"})
+    assert response.status_code == 400
+    error = response.json()["error"]
+    assert error["param"] == "voice" and "'nobody'" in error["message"]

@@ -84,6 +84,31 @@ def client(app_client: Callable[..., TestClient]) -> TestClient:
     return c
 
 
+# Protocol tests need no voice model: the fake engine speaks a tone per sentence (two voices, blends).
+FAKE_SPEECH: dict[str, Any] = {
+    "id": "fake-voice",
+    "aliases": ["tts-fake"],
+    "kind": "speech",
+    "engine": "fake-speech",
+    "source": "fake:",
+    "options": {"voice_map": {"alloy": "fake-b"}},
+}
+KOKORO_ONNX: dict[str, Any] = {
+    "id": "kokoro-ja",
+    "kind": "speech",
+    "engine": "kokoro-onnx",
+    "source": "embedded:kokoro-v1.0-int8",
+}
+
+
+@pytest.fixture
+def fake_client(app_client: Callable[..., TestClient]) -> TestClient:
+    c = app_client([FAKE, FAKE_SPEECH])
+    wait_ready(c, "fake-voice")
+    wait_ready(c, "fake-chat")
+    return c
+
+
 def speak(client: TestClient, **body: Any) -> Any:
     return client.post("/v1/audio/speech", json={"model": "piper-joe", "voice": "en_US-joe-medium", **body})
 
@@ -202,16 +227,57 @@ def test_bad_inputs_are_400(client: TestClient, body: dict[str, Any], param: str
         assert needle in error["message"]
 
 
-def test_missing_voice_is_400(client: TestClient) -> None:
-    response = client.post("/v1/audio/speech", json={"model": "piper-joe", "input": SHORT})
+@pytest.mark.parametrize(
+    ("body", "param", "needle"),
+    [
+        ({"input": ""}, "input", None),
+        ({"input": "a" * 4097}, "input", "4096"),
+        ({"input": SHORT, "voice": "bogus"}, "voice", "fake-a, fake-b"),
+        ({"input": SHORT, "voice": "fake-a(2)+bogus"}, "voice", "'bogus'"),
+        ({"input": SHORT, "voice": "fake-a(-1)"}, "voice", "positive"),
+        ({"input": SHORT, "response_format": "ogg"}, "response_format", None),
+        ({"input": SHORT, "speed": 5}, "speed", None),
+        ({"input": SHORT, "stream_format": "chunks"}, "stream_format", None),
+    ],
+)
+def test_bad_inputs_are_400_on_any_engine(
+    fake_client: TestClient, body: dict[str, Any], param: str, needle: str | None
+) -> None:
+    response = fake_client.post("/v1/audio/speech", json={"model": "fake-voice", "voice": "fake-a", **body})
+    error = assert_error(response, 400, "invalid_value", param)
+    if needle:
+        assert needle in error["message"]
+
+
+def test_fake_engine_voices_blends_and_voice_map(fake_client: TestClient) -> None:
+    """Each voice, a blend, a mapped OpenAI name: a tone of the right pitch and length per request."""
+    pitches = {}
+    for voice in ("fake-a", "fake-b", "fake-a(1)+fake-b(1)", "alloy"):
+        response = fake_client.post(
+            "/v1/audio/speech",
+            json={"model": "tts-fake", "voice": voice, "input": LONG, "response_format": "pcm"},
+        )
+        assert response.status_code == 200, response.text
+        samples = np.frombuffer(response.content, dtype="<i2").astype(np.float32)
+        assert abs(samples.size / 24000 - len(LONG) * 0.02) < 0.1  # 20 ms per character
+        spectrum = np.abs(np.fft.rfft(samples))
+        pitches[voice] = float(np.argmax(spectrum) * 24000 / samples.size)
+    assert abs(pitches["fake-a"] - 220) < 5 and abs(pitches["fake-b"] - 440) < 5
+    assert abs(pitches["fake-a(1)+fake-b(1)"] - 330) < 5
+    assert pitches["alloy"] == pitches["fake-b"]  # options.voice_map
+
+
+def test_missing_voice_is_400(fake_client: TestClient) -> None:
+    response = fake_client.post("/v1/audio/speech", json={"model": "fake-voice", "input": SHORT})
     assert_error(response, 400, "invalid_value", "voice")
 
 
-def test_chat_model_for_speech_and_speech_model_for_chat(client: TestClient) -> None:
+def test_chat_model_for_speech_and_speech_model_for_chat(fake_client: TestClient) -> None:
+    client = fake_client
     response = client.post("/v1/audio/speech", json={"model": "fake", "voice": "alloy", "input": SHORT})
     assert_error(response, 400, "model_kind_mismatch", "model")
     response = client.post(
-        "/v1/chat/completions", json={"model": "tts-1", "messages": [{"role": "user", "content": "hi"}]}
+        "/v1/chat/completions", json={"model": "tts-fake", "messages": [{"role": "user", "content": "hi"}]}
     )
     assert_error(response, 400, "model_kind_mismatch", "model")
     assert_error(
@@ -272,3 +338,16 @@ def test_client_disconnect_cancels_synthesis(live_server: Callable[..., LiveServ
     assert wait_for(lambda: bool(finished), 60)
     assert finished == [True]
     assert len(spoken) < len(split_sentences(text)) / 2
+
+
+def test_kokoro_onnx_blend_through_the_api(app_client: Callable[..., TestClient]) -> None:
+    """The embedded Kokoro ONNX model speaks a weighted blend of two of its voices; a bad part is a 400."""
+    client = app_client([KOKORO_ONNX])
+    wait_ready(client, "kokoro-ja", timeout=120)
+    body = {"model": "kokoro-ja", "input": SHORT, "response_format": "wav"}
+    response = client.post("/v1/audio/speech", json={**body, "voice": "jf_alpha(2)+jm_kumo(1)"})
+    assert response.status_code == 200, response.text
+    samples, rate = decode(response.content, "wav")
+    assert rate == 24000 and samples.size > 0.3 * rate
+    response = client.post("/v1/audio/speech", json={**body, "voice": "jf_alpha+nobody"})
+    assert_error(response, 400, "invalid_value", "voice")

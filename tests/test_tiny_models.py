@@ -60,16 +60,9 @@ Loaded = tuple[PreTrainedTokenizerBase, PreTrainedModel]
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], pathlib.Path]:
-    """Build each arch once per module, on first use."""
-    built: dict[str, pathlib.Path] = {}
-
-    def get(arch: str) -> pathlib.Path:
-        if arch not in built:
-            built[arch] = build_tiny_model(arch, tmp_path_factory.mktemp(arch))
-        return built[arch]
-
-    return get
+def model_dir(tiny_model: Callable[[str], pathlib.Path]) -> Callable[[str], pathlib.Path]:
+    """Each arch's folder, built once per test run (conftest's tiny_model)."""
+    return tiny_model
 
 
 @pytest.fixture(scope="module")

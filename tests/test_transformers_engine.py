@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,6 @@ from ai_stack.engines.torch_device import PackedFP16Linear, cpu_packs_fp16, cpu_
 from ai_stack.engines.transformers import load_transformers
 from ai_stack.serving.generation import StopMatcher
 from tests.conftest import wait_for, wait_ready
-from tests.tiny_models import build_tiny_model
 
 ARCHS = ["qwen3", "llama", "mistral"]
 MESSAGES = [
@@ -27,9 +27,8 @@ MESSAGES = [
 
 
 @pytest.fixture(scope="module")
-def tiny_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    root = tmp_path_factory.mktemp("tiny")
-    return {arch: build_tiny_model(arch, root / arch) for arch in ARCHS}
+def tiny_dirs(tiny_model: Callable[[str], Path]) -> dict[str, Path]:
+    return {arch: tiny_model(arch) for arch in ARCHS}
 
 
 @pytest.mark.parametrize("arch", ARCHS)
