@@ -1,10 +1,11 @@
-# ai-stack: `make install`, then `make serve`; `make test` runs lint, types and the tests.
+# ai-stack: `make install`, then `make serve`; `make test` runs lint, types and every test;
+# `make test-fast` the same without the tests marked slow (the real default model, llama.cpp).
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 
-.PHONY: install install-llamacpp serve test lint typecheck pytest clean bench bench-quick bench-deps
+.PHONY: install install-llamacpp serve test test-fast lint typecheck pytest pytest-fast clean bench bench-quick bench-deps
 
 install:
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -34,7 +35,12 @@ typecheck:
 pytest:
 	$(PY) -m pytest -q -p no:cacheprovider
 
+pytest-fast:
+	$(PY) -m pytest -q -p no:cacheprovider -m "not slow"
+
 test: lint typecheck pytest
+
+test-fast: lint typecheck pytest-fast
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

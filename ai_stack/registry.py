@@ -40,7 +40,6 @@ class ModelEntry:
     engine: Engine | None = None
     error: str | None = None
     created: int = field(default_factory=lambda: int(time.time()))
-    load_seconds: float | None = None
     task: asyncio.Task[None] | None = None
 
 
@@ -93,9 +92,8 @@ class ModelRegistry:
                 log.error("model %s failed to load: %s", entry.spec.id, entry.error)
                 return
             entry.engine, entry.state = engine, ModelState.READY
-            entry.load_seconds = time.monotonic() - started
             entry.created = int(time.time())
-            log.info("model %s ready in %.1f s", entry.spec.id, entry.load_seconds)
+            log.info("model %s ready in %.1f s", entry.spec.id, time.monotonic() - started)
 
     async def unload(self, name: str) -> ModelEntry:
         """Drop a model's engine; a loading model cannot be unloaded until its load ends."""

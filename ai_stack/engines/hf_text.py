@@ -5,7 +5,8 @@ from __future__ import annotations
 import threading
 from typing import Any
 
-from ai_stack.engines.base import Prompt
+from ai_stack.engines.base import Prompt, SamplingParams
+from ai_stack.engines.sampling import GrammarMask, TokenTexts
 
 
 def eos_ids_of(generation_config: Any, tokenizer: Any) -> set[int]:
@@ -26,6 +27,7 @@ class HFTextMixin:
     eos_ids: set[int]
     _lltokenizer: Any = None
     _lltokenizer_lock: threading.Lock
+    _texts: TokenTexts | None = None
 
     @property
     def chat_template(self) -> str | None:
@@ -49,6 +51,13 @@ class HFTextMixin:
                     self.tokenizer, n_vocab=self.vocab_size, eos_token=sorted(self.eos_ids)
                 )
             return self._lltokenizer
+
+    def request_grammar(self, params: SamplingParams) -> GrammarMask | None:
+        """Compile a request's grammar in the caller's thread (GrammarError there); logprob texts once."""
+        grammar = GrammarMask(self.lltokenizer(), params.grammar) if params.grammar else None
+        if params.logprobs is not None and self._texts is None:
+            self._texts = TokenTexts(self.tokenizer, self.lltokenizer())
+        return grammar
 
     def render(self, messages: list[dict[str, Any]], template_kwargs: dict[str, Any]) -> Prompt:
         """Apply the model's own chat template, then tokenize without adding special tokens twice."""

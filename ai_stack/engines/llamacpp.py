@@ -38,7 +38,7 @@ from ai_stack.engines.base import (
 )
 from ai_stack.engines.catalog import LlamaCppOptions
 from ai_stack.engines.hf_text import HFTextMixin, eos_ids_of
-from ai_stack.engines.sampling import GrammarMask, RowSampler, TokenTexts
+from ai_stack.engines.sampling import GrammarMask, RowSampler
 
 if TYPE_CHECKING:
     from ai_stack.config import Config, ModelSpec
@@ -141,7 +141,6 @@ class LlamaCppChatEngine(HFTextMixin):
         self.eos_ids = eos_ids_of(generation_config, tokenizer)
         self._lltokenizer: Any = None
         self._lltokenizer_lock = threading.Lock()
-        self._texts: TokenTexts | None = None
         # Scheduler state: guarded by _cond; the context is touched only by the scheduler thread.
         self._cond = threading.Condition()
         self._waiting: deque[_Request] = deque()
@@ -150,8 +149,6 @@ class LlamaCppChatEngine(HFTextMixin):
         self._closed = False
         # Counters, for tests and metrics: sequences started / freed, decode calls, batched rows.
         self.stats = {"admitted": 0, "freed": 0, "decodes": 0, "rows": 0, "max_batch_seqs": 0}
-        # Seconds in llama_decode and in our sampling/detokenizing/emitting, for profiles.
-        self.timing = {"decode_s": 0.0, "sample_s": 0.0}
         self._thread = threading.Thread(target=self._run, name="llamacpp-scheduler", daemon=True)
         self._thread.start()
 
@@ -177,9 +174,7 @@ class LlamaCppChatEngine(HFTextMixin):
         """Queue the request for the scheduler; wait until its sequence ends (EOS, grammar, max, cancel)."""
         if not prompt.token_ids:
             raise ValueError("the prompt is empty")
-        grammar = GrammarMask(self.lltokenizer(), params.grammar) if params.grammar else None
-        if params.logprobs is not None and self._texts is None:
-            self._texts = TokenTexts(self.tokenizer, self.lltokenizer())
+        grammar = self.request_grammar(params)
         request = _Request(list(prompt.token_ids), params, cancel, emit, grammar)
         with self._cond:
             if self._closed:
@@ -321,15 +316,12 @@ class LlamaCppChatEngine(HFTextMixin):
         if n == 0:
             return
         batch.n_tokens = n
-        started = time.perf_counter()
         result = self._ll.llama_decode(self._ctx, batch)
-        self.timing["decode_s"] += time.perf_counter() - started
         if result != 0:
             raise RuntimeError(f"llama_decode failed with status {result}")
         self.stats["decodes"] += 1
         self.stats["rows"] += len(rows)
         self.stats["max_batch_seqs"] = max(self.stats["max_batch_seqs"], len(rows))
-        started = time.perf_counter()
         for index, request in rows:
             try:
                 self._sample(index, request)
@@ -338,7 +330,6 @@ class LlamaCppChatEngine(HFTextMixin):
                 self._release(request)
                 request.outcome = exc
                 request.done.set()
-        self.timing["sample_s"] += time.perf_counter() - started
 
     def _put(self, i: int, token: int, pos: int, seq: int, logits: bool) -> None:
         batch = self._batch

@@ -26,7 +26,7 @@ from ai_stack.engines.base import (
 )
 from ai_stack.engines.catalog import TransformersOptions
 from ai_stack.engines.hf_text import HFTextMixin, eos_ids_of
-from ai_stack.engines.sampling import GrammarMask, RowSampler, TokenTexts
+from ai_stack.engines.sampling import GrammarMask, RowSampler
 from ai_stack.engines.torch_device import (
     cpu_packs_fp16,
     pack_fp16_linears,
@@ -125,7 +125,6 @@ class TransformersChatEngine(HFTextMixin):
         self.vocab_size = int(model.get_output_embeddings().out_features)
         self._lltokenizer: Any = None
         self._lltokenizer_lock = threading.Lock()
-        self._texts: TokenTexts | None = None
         # _cond guards _waiting, _thread and _closed; the rest belongs to the scheduler thread.
         self._cond = threading.Condition()
         self._waiting: deque[_Request] = deque()
@@ -150,9 +149,7 @@ class TransformersChatEngine(HFTextMixin):
 
         Raises GenerationCancelled when cancel is set before the request is admitted to the batch.
         """
-        grammar = GrammarMask(self.lltokenizer(), params.grammar) if params.grammar else None
-        if params.logprobs is not None and self._texts is None:
-            self._texts = TokenTexts(self.tokenizer, self.lltokenizer())
+        grammar = self.request_grammar(params)
         request = _Request(prompt, params, cancel, emit, grammar)
         with self._cond:
             if self._closed:

@@ -11,6 +11,7 @@ import json
 import secrets
 import string
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 # Whitespace as JSON defines it; also what may surround a call or a <think> without being content.
@@ -292,8 +293,8 @@ class ToolParser(ABC):
         self._buf = rest[end:]
         return (rest[:end], lead)
 
-    def _read_json_call(self, out: ParsedDelta, final: bool) -> bool:
-        """Read a bare ``{"name": ..., "arguments": ...}`` call; same contract as ``_read_call``."""
+    def _read_json_calls(self, out: ParsedDelta, to_calls: Callable[[str], list[ToolCall] | None]) -> bool:
+        """Read one JSON value and accept the calls `to_calls` makes of its text (None: give it back)."""
         got = self._read_json_value()
         if got is None:
             return False
@@ -301,13 +302,22 @@ class ToolParser(ABC):
         if not text:
             self._fail_call(out, "")
             return True
+        calls = to_calls(text)
+        if calls is None:
+            self._fail_call(out, lead + text)
+        else:
+            self._accept(out, calls)
+        return True
+
+    def _read_json_call(self, out: ParsedDelta, final: bool) -> bool:
+        """Read a bare ``{"name": ..., "arguments": ...}`` call; same contract as ``_read_call``."""
+        return self._read_json_calls(out, self._object_call)
+
+    def _object_call(self, text: str) -> list[ToolCall] | None:
+        """The call a JSON object with ``name`` and ``arguments`` (or ``parameters``) spells, or None."""
         try:
             obj = json.loads(text)
         except json.JSONDecodeError:
             obj = None
         call = self._make_call(obj, need_args=True)
-        if call is None:
-            self._fail_call(out, lead + text)
-        else:
-            self._accept(out, [call])
-        return True
+        return None if call is None else [call]

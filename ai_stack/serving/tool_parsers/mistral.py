@@ -60,19 +60,7 @@ class MistralToolParser(ToolParser):
             return True
         if stage == "header":
             return self._read_header(out, final)
-        got = self._read_json_value()
-        if got is None:
-            return False
-        text, lead = got
-        if not text:
-            self._fail_call(out, "")
-            return True
-        calls = self._calls(stage, text)
-        if calls is None:
-            self._fail_call(out, lead + text)
-        else:
-            self._accept(out, calls)
-        return True
+        return self._read_json_calls(out, lambda text: self._calls(stage, text))
 
     def _read_header(self, out: ParsedDelta, final: bool) -> bool:
         """Read ``name[ARGS]`` (or ``name[CALL_ID]id[ARGS]``); the arguments object follows."""
