@@ -26,6 +26,7 @@ from ai_stack.engines.base import (
 )
 from ai_stack.engines.catalog import TransformersOptions
 from ai_stack.engines.hf_text import HFTextMixin, eos_ids_of
+from ai_stack.engines.kv_batch import BatchKV
 from ai_stack.engines.sampling import GrammarMask, RowSampler
 from ai_stack.engines.torch_device import (
     cpu_packs_fp16,
@@ -132,9 +133,7 @@ class TransformersChatEngine(HFTextMixin):
         self._closed = False
         self._rows: list[_Row] = []
         self._prefill: _Prefill | None = None  # the request being prefilled, not yet in the batch
-        self._cache: Any = None
-        self._mask: torch.Tensor | None = None  # [rows, cached tokens]: 1 real token, 0 left padding
-        self._padded = False
+        self._kv = BatchKV()  # the rows' merged KV cache, in the order of _rows
         self._batchable: bool | None = None  # whether the model's cache layers can be padded and merged
         self.peak_batch = 0  # the most rows one decode step has served (for tests and diagnostics)
 
@@ -207,7 +206,8 @@ class TransformersChatEngine(HFTextMixin):
             if row.finish is None and row.error is None:
                 row.error = exc
             self._finish(row)
-        self._rows, self._cache, self._mask, self._padded = [], None, None, False
+        self._rows = []
+        self._kv.clear()
         self._prefill = None
 
     def _capacity(self) -> int:
@@ -296,31 +296,8 @@ class TransformersChatEngine(HFTextMixin):
         return take
 
     def _merge(self, row: _Row, cache: Any) -> None:
-        """Add a prefilled row to the batch, left-padding whichever side is shorter."""
-        length = row.position
-        if self._cache is None or self._mask is None:
-            self._rows, self._cache = [row], cache
-            self._mask = torch.ones(1, length, dtype=torch.long, device=row.ids.device)
-            self._padded = False
-            return
-        width = int(self._mask.shape[1])
-        for into, layer in zip(self._cache.layers, cache.layers, strict=True):
-            keys, values = layer.keys, layer.values
-            if length < width:
-                keys = torch.nn.functional.pad(keys, (0, 0, width - length, 0))
-                values = torch.nn.functional.pad(values, (0, 0, width - length, 0))
-            elif length > width:
-                into.keys = torch.nn.functional.pad(into.keys, (0, 0, length - width, 0))
-                into.values = torch.nn.functional.pad(into.values, (0, 0, length - width, 0))
-            into.keys = torch.cat([into.keys, keys], dim=0)
-            into.values = torch.cat([into.values, values], dim=0)
-        new = torch.ones(1, length, dtype=torch.long, device=self._mask.device)
-        if length < width:
-            new = torch.nn.functional.pad(new, (width - length, 0))
-        elif length > width:
-            self._mask = torch.nn.functional.pad(self._mask, (length - width, 0))
-        self._mask = torch.cat([self._mask, new], dim=0)
-        self._padded = bool((self._mask == 0).any())
+        """Add a prefilled row to the batch."""
+        self._kv.add(cache, row.position, row.ids.device)
         self._rows.append(row)
 
     def _decode_step(self) -> None:
@@ -331,24 +308,18 @@ class TransformersChatEngine(HFTextMixin):
         self._evict()
         if not self._rows:
             return
-        assert self._mask is not None
-        rows = self._rows
+        rows, kv = self._rows, self._kv
         self.peak_batch = max(self.peak_batch, len(rows))
-        device = self._mask.device
-        tokens = torch.tensor([[row.next_token] for row in rows], dtype=torch.long, device=device)
-        self._mask = torch.cat([self._mask, self._mask.new_ones(len(rows), 1)], dim=1)
-        if self._padded:
-            positions = torch.tensor([[row.position] for row in rows], dtype=torch.long, device=device)
+        mask = kv.step_mask()
+        tokens = torch.tensor([[row.next_token] for row in rows], dtype=torch.long, device=mask.device)
+        if kv.padded:
+            positions = torch.tensor([[row.position] for row in rows], dtype=torch.long, device=mask.device)
             out = self.model(
-                input_ids=tokens,
-                attention_mask=self._mask,
-                position_ids=positions,
-                cache=self._cache,
-                use_cache=True,
+                input_ids=tokens, attention_mask=mask, position_ids=positions, cache=kv.cache, use_cache=True
             )
         else:  # every row has the same length: the plain path, as for a single request
-            out = self.model(input_ids=tokens, cache=self._cache, use_cache=True)
-        self._cache = out.cache
+            out = self.model(input_ids=tokens, cache=kv.cache, use_cache=True)
+        kv.cache = out.cache
         logits = out.logits[:, -1, :].float()
         for index, row in enumerate(rows):
             row.position += 1
@@ -369,22 +340,8 @@ class TransformersChatEngine(HFTextMixin):
         for row in self._rows:
             if row.finish is not None or row.error is not None:
                 self._finish(row)
-        if not keep:
-            self._rows, self._cache, self._mask, self._padded = [], None, None, False
-            return
-        assert self._mask is not None
-        indices = torch.tensor(keep, dtype=torch.long, device=self._mask.device)
         self._rows = [self._rows[i] for i in keep]
-        self._cache.batch_select_indices(indices)
-        mask = self._mask[indices]
-        start = int(torch.nonzero(mask.any(dim=0))[0, 0])
-        if start:
-            for layer in self._cache.layers:
-                layer.keys = layer.keys[:, :, start:, :]
-                layer.values = layer.values[:, :, start:, :]
-            mask = mask[:, start:]
-        self._mask = mask
-        self._padded = bool((mask == 0).any())
+        self._kv.keep(keep)
 
     def _take(self, row: _Row, logits: torch.Tensor) -> None:
         """Process one row's raw logits (1 x vocab): sample, stop checks, emit; row.finish once it ends."""
@@ -412,7 +369,7 @@ class TransformersChatEngine(HFTextMixin):
         if thread is not None and thread is not threading.current_thread():
             thread.join(60)
         self.model = None
-        self._cache = None
+        self._kv.clear()
         gc.collect()
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
