@@ -1,4 +1,7 @@
-"""Shared fixtures: configs with fake models, an in-process client, a real uvicorn server in a thread."""
+"""Shared fixtures: configs with fake models, an in-process client, a real uvicorn server in a thread.
+
+Also the embedded speech engines (loaded once per run) and assert_error, the check of an OpenAI-shaped error.
+"""
 
 from __future__ import annotations
 
@@ -17,6 +20,8 @@ from starlette.testclient import TestClient
 
 from ai_stack.app import create_app
 from ai_stack.config import Config
+from ai_stack.engines.kokoro_onnx import KokoroOnnxEngine, load_kokoro_onnx
+from ai_stack.engines.piper import PiperEngine, load_piper
 from tests.tiny_models import build_tiny_model
 
 FAKE: dict[str, Any] = {"id": "fake-chat", "aliases": ["fake"], "engine": "fake", "source": "fake:"}
@@ -49,6 +54,23 @@ def wait_ready(client: TestClient | httpx.Client, model: str, timeout: float = 3
     assert wait_for(ready, timeout), client.get("/v1/models").json()
 
 
+def assert_error(response: Any, status: int, code: str | None, param: str | None = None) -> dict[str, Any]:
+    """Check status, the {"error": {message, type, param, code}} shape and the request id."""
+    assert response.status_code == status, response.text
+    body = response.json()
+    assert set(body) == {"error"}
+    error = body["error"]
+    assert set(error) == {"message", "type", "param", "code"}
+    assert isinstance(error["message"], str) and error["message"]
+    assert isinstance(error["type"], str)
+    assert error["code"] is None or isinstance(error["code"], str)
+    assert error["code"] == code
+    if param is not None:
+        assert error["param"] == param
+    assert response.headers.get("x-request-id")
+    return error  # type: ignore[no-any-return]
+
+
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Path]:
     """The folder of a tiny random model (qwen3, llama, mistral), built once per test run on first use."""
@@ -60,6 +82,28 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Path
         return built[arch]
 
     return get
+
+
+@pytest.fixture(scope="session")
+def piper() -> Iterator[PiperEngine]:
+    """The embedded Piper voice, loaded once per test run."""
+    engine = load_piper()
+    yield engine
+    engine.close()
+
+
+@pytest.fixture(scope="session")
+def kokoro_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A cache folder holding the assembled Kokoro model."""
+    return tmp_path_factory.mktemp("kokoro-cache")
+
+
+@pytest.fixture(scope="session")
+def kokoro(kokoro_cache: Path) -> Iterator[KokoroOnnxEngine]:
+    """The embedded Kokoro ONNX model with its Japanese voices, loaded once per test run."""
+    engine = load_kokoro_onnx(cache_dir=kokoro_cache)
+    yield engine
+    engine.close()
 
 
 @pytest.fixture

@@ -14,8 +14,7 @@ import numpy.typing as npt
 import pytest
 from starlette.testclient import TestClient
 
-from tests.conftest import FAKE, LiveServer, wait_ready
-from tests.test_errors_and_registry import assert_error
+from tests.conftest import FAKE, LiveServer, assert_error, wait_ready
 
 PIPER: dict[str, Any] = {
     "id": "piper-joe",

@@ -1,4 +1,4 @@
-"""The transformers engine on tiny random Qwen3, Llama and Mistral models: template, generate, stream."""
+"""The transformers engine (ai_stack/engines/transformers.py) on tiny random Qwen3, Llama, Mistral."""
 
 from __future__ import annotations
 
@@ -13,10 +13,8 @@ import torch
 from transformers import AutoTokenizer
 
 from ai_stack.engines.base import Piece, SamplingParams
-from ai_stack.engines.sampling import Detokenizer, OpenAIPenalties
-from ai_stack.engines.torch_device import PackedFP16Linear, cpu_packs_fp16, cpu_supports_bf16, pick_dtype
+from ai_stack.engines.torch_device import PackedFP16Linear, cpu_packs_fp16
 from ai_stack.engines.transformers import load_transformers
-from ai_stack.serving.generation import StopMatcher
 from tests.conftest import wait_for, wait_ready
 
 ARCHS = ["qwen3", "llama", "mistral"]
@@ -179,54 +177,7 @@ def test_nf4_loads_on_cuda(tiny_dirs: dict[str, Path]) -> None:
     assert result.completion_tokens >= 1
 
 
-def test_streamer_holds_back_incomplete_characters() -> None:
-    class ByteTokenizer:
-        def decode(self, ids: list[int], **kwargs: Any) -> str:
-            return bytes(ids).decode("utf-8", errors="replace")
-
-    detok = Detokenizer(ByteTokenizer())
-    pieces = [p for p in (detok.add(byte) for byte in "héllo €".encode()) if p is not None]
-    pieces += [p for p in [detok.flush()] if p is not None]
-    assert "".join(p.text for p in pieces) == "héllo €"
-    assert all("\ufffd" not in p.text for p in pieces)
-    assert sum(p.tokens for p in pieces) == len("héllo €".encode())
-
-
-def test_stop_matcher_holds_back_possible_stop_prefixes() -> None:
-    matcher = StopMatcher(["END", "</s>"])
-    assert matcher.feed("hello E") == ("hello ", False)
-    assert matcher.feed("N") == ("", False)
-    assert matcher.feed("X more <") == ("ENX more ", False)
-    assert matcher.feed("/s> tail") == ("", True)
-    assert StopMatcher([]).feed("abc") == ("abc", False)
-
-
-def test_openai_penalties_lower_repeated_tokens() -> None:
-    processor = OpenAIPenalties(prompt_length=1, presence=1.0, frequency=0.5)
-    ids = torch.tensor([[9, 2, 2, 3]])
-    scores = processor(ids, torch.zeros(1, 5))  # type: ignore[arg-type]
-    assert scores[0].tolist() == [0.0, 0.0, -2.0, -1.5, 0.0]
-
-
-def test_auto_dtype_on_cpu() -> None:
-    expected = torch.bfloat16 if cpu_supports_bf16() else torch.float16 if cpu_packs_fp16() else torch.float32
-    assert pick_dtype("auto", "cpu") == expected
-    assert pick_dtype("float32", "cpu") == torch.float32
-
-
 needs_fbgemm = pytest.mark.skipif(not cpu_packs_fp16(), reason="fbgemm fp16 GEMM needs an x86 CPU with AVX2")
-
-
-@needs_fbgemm
-def test_packed_fp16_linear_is_a_linear_with_fp16_weights() -> None:
-    linear = torch.nn.Linear(64, 48)
-    packed = PackedFP16Linear(linear)
-    x = torch.randn(2, 3, 64)
-    expected = torch.nn.functional.linear(x, linear.weight.half().float(), linear.bias)
-    got = packed(x)
-    assert got.shape == (2, 3, 48) and got.dtype == torch.float32
-    assert torch.allclose(got, expected, atol=1e-4)
-    assert packed.out_features == 48 and "fp16 packed" in repr(packed)
 
 
 @needs_fbgemm

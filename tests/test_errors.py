@@ -1,0 +1,94 @@
+"""Every error is OpenAI-shaped (ai_stack/errors.py): bad models, bodies, JSON, routes and context length."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from starlette.testclient import TestClient
+
+from tests.conftest import FAKE, assert_error, wait_for, wait_ready
+
+USER = [{"role": "user", "content": "hi"}]
+
+
+@pytest.fixture
+def client(app_client: Any) -> TestClient:
+    c: TestClient = app_client()
+    wait_ready(c, "fake-chat")
+    return c
+
+
+def test_unknown_model_is_404_and_lists_nothing(client: TestClient) -> None:
+    response = client.post("/v1/chat/completions", json={"model": "gpt-9", "messages": USER})
+    error = assert_error(response, 404, "model_not_found", "model")
+    assert "fake-chat" not in error["message"]
+
+
+@pytest.mark.parametrize(
+    ("body", "param"),
+    [
+        ({"messages": USER}, "model"),
+        ({"model": "fake-chat"}, "messages"),
+        ({"model": "fake-chat", "messages": []}, "messages"),
+        ({"model": "fake-chat", "messages": [{"role": "wizard", "content": "x"}]}, "messages.0.role"),
+        ({"model": "fake-chat", "messages": USER, "temperature": 5}, "temperature"),
+        ({"model": "fake-chat", "messages": USER, "top_p": 0}, "top_p"),
+        ({"model": "fake-chat", "messages": USER, "max_tokens": 0}, "max_tokens"),
+        ({"model": "fake-chat", "messages": USER, "n": 17}, "n"),
+        ({"model": "fake-chat", "messages": USER, "stop": [""]}, "stop"),
+        ({"model": "fake-chat", "messages": USER, "presence_penalty": 3}, "presence_penalty"),
+        (
+            {"model": "fake-chat", "messages": [{"role": "user", "content": [{"type": "image_url"}]}]},
+            "messages[0].content",
+        ),
+    ],
+)
+def test_invalid_bodies_are_400_naming_the_param(
+    client: TestClient, body: dict[str, Any], param: str
+) -> None:
+    assert_error(client.post("/v1/chat/completions", json=body), 400, None if False else _code(param), param)
+
+
+def _code(param: str) -> str:
+    return "invalid_request" if param.endswith("].content") else "invalid_value"
+
+
+@pytest.mark.parametrize("raw", [b"{not json", b"[1, 2]", b"\xff\xfe", b""])
+def test_malformed_json_is_400(client: TestClient, raw: bytes) -> None:
+    response = client.post("/v1/chat/completions", content=raw, headers={"content-type": "application/json"})
+    assert_error(response, 400, "invalid_request")
+
+
+def test_unknown_route_and_method(client: TestClient) -> None:
+    assert_error(client.get("/v1/nothing-here"), 404, "not_found")
+    assert_error(client.get("/v1/chat/completions"), 405, "method_not_allowed")
+    assert_error(client.get("/v1/models/nope"), 404, "model_not_found")
+
+
+def test_context_length_exceeded(app_client: Any) -> None:
+    client = app_client([{**FAKE, "options": {"context_length": 12}}])
+    wait_ready(client, "fake-chat")
+    long = [{"role": "user", "content": "word " * 40}]
+    error = assert_error(
+        client.post("/v1/chat/completions", json={"model": "fake-chat", "messages": long}),
+        400,
+        "context_length_exceeded",
+        "messages",
+    )
+    assert "maximum context length is 12 tokens" in error["message"]
+    body = {"model": "fake-chat", "messages": USER, "max_tokens": 100}
+    assert_error(client.post("/v1/chat/completions", json=body), 400, "context_length_exceeded", "max_tokens")
+    ok = client.post("/v1/chat/completions", json={"model": "fake-chat", "messages": USER, "max_tokens": 2})
+    assert ok.status_code == 200
+
+
+def test_server_keeps_serving_after_bad_requests(client: TestClient) -> None:
+    for raw in (b"{", b"null", b'{"model": 1, "messages": "x"}', b'{"model": "fake-chat", "messages": [{}]}'):
+        assert client.post("/v1/chat/completions", content=raw).status_code == 400
+    assert wait_for(
+        lambda: (
+            client.post("/v1/chat/completions", json={"model": "fake-chat", "messages": USER}).status_code
+            == 200
+        )
+    )
