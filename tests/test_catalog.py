@@ -133,3 +133,52 @@ def test_a_new_engine_is_one_module_and_one_row(
     )
     assert response.status_code == 200, response.text
     assert response.json()["choices"][0]["message"]["content"] == ">> hello new engine "
+
+
+def _imports(path: Path) -> set[str]:
+    """The ai_stack modules a file imports at run time (anywhere in it, but not under TYPE_CHECKING)."""
+    import ast
+
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    skip = {
+        id(node)
+        for block in ast.walk(tree)
+        if isinstance(block, ast.If) and getattr(block.test, "id", "") == "TYPE_CHECKING"
+        for node in ast.walk(block)
+    }
+    found: set[str] = set()
+    for node in ast.walk(tree):
+        if id(node) in skip:
+            continue
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("ai_stack"):
+            found.add(node.module)
+        elif isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names if alias.name.startswith("ai_stack"))
+    return found
+
+
+def test_no_engine_imports_another_and_the_layering_is_acyclic() -> None:
+    root = Path(__file__).resolve().parent.parent / "ai_stack"
+    modules = {
+        ".".join(path.relative_to(root.parent).with_suffix("").parts).removesuffix(".__init__"): path
+        for path in root.rglob("*.py")
+    }
+    graph = {
+        name: {m for m in _imports(path) if m in modules and m != name} for name, path in modules.items()
+    }
+    engines = {info.loader.partition(":")[0] for info in ENGINES.values()} - {"ai_stack.engines.catalog"}
+    for engine in engines:
+        assert not graph[engine] & engines, f"{engine} imports {graph[engine] & engines}"
+    state: dict[str, int] = {}
+
+    def visit(name: str, path: list[str]) -> None:
+        if state.get(name) == 2:
+            return
+        assert state.get(name) != 1, "import cycle: " + " -> ".join([*path, name])
+        state[name] = 1
+        for other in sorted(graph[name]):
+            visit(other, [*path, name])
+        state[name] = 2
+
+    for name in sorted(graph):
+        visit(name, [])
