@@ -5,7 +5,8 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 
-.PHONY: install install-llamacpp serve test test-fast lint typecheck pytest pytest-fast clean bench bench-quick bench-deps
+.PHONY: install install-llamacpp serve test test-fast lint typecheck pytest pytest-fast clean bench bench-quick bench-deps \
+	gpu-check gpu-check-dry-run gpu-wheels
 
 install:
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -57,3 +58,20 @@ bench-quick:
 # llama.cpp baseline: builds from source (~10+ min) unless pip's wheel cache already holds the wheel.
 bench-deps:
 	$(PIP) install llama-cpp-python==0.3.36
+
+# The GPU check (bench/gpu_check.py): on a CUDA machine, install what it lacks (from .whl/ when there is no
+# network), run the CUDA tests, measure the default model in bf16/NF4/int8 and tiny NF4 models through the app,
+# and write bench/results/<date>-gpu-check-<gpu>.{json,md}. It fails loudly where a GPU is claimed but unusable.
+# Without a venv (a bare CUDA image) it runs on the machine's python3.
+GPU_PY ?= $(if $(wildcard $(PY)),$(PY),python3)
+
+gpu-check:
+	PYTHONPATH=. $(GPU_PY) -m bench.gpu_check $(GPU_CHECK_ARGS)
+
+# The same pipeline on the CPU with a tiny model, to check the script; results go to a temp folder.
+gpu-check-dry-run:
+	PYTHONPATH=. $(GPU_PY) -m bench.gpu_check --dry-run $(GPU_CHECK_ARGS)
+
+# Wheels a lent GPU machine (Python 3.12, torch preinstalled, no network) lacks: ~60 MiB into .whl/ (git-ignored).
+gpu-wheels:
+	$(PY) -m bench.gpu_check --download-wheels .whl

@@ -161,22 +161,6 @@ def test_unreachable_hub_id_fails_while_others_serve(
     assert ok.status_code == 200
 
 
-@pytest.mark.skipif(
-    not torch.cuda.is_available(), reason="needs an NVIDIA GPU with CUDA (bitsandbytes 4-bit)"
-)
-def test_nf4_loads_on_cuda(tiny_dirs: dict[str, Path]) -> None:
-    engine = load_transformers(str(tiny_dirs["qwen3"]), device="cuda", quantization="nf4")
-    assert engine.device == "cuda"
-    pieces: list[Piece] = []
-    result = engine.generate(
-        engine.render(MESSAGES, {}),
-        SamplingParams(max_tokens=4, temperature=0.0),
-        threading.Event(),
-        pieces.append,
-    )
-    assert result.completion_tokens >= 1
-
-
 needs_fbgemm = pytest.mark.skipif(not cpu_packs_fp16(), reason="fbgemm fp16 GEMM needs an x86 CPU with AVX2")
 
 
