@@ -81,6 +81,7 @@ class ServerConfig(BaseModel):
     home: Path = Field(default_factory=lambda: Path(platformdirs.user_cache_dir("ai-stack")))
     load_on_request: bool = True
     max_body_bytes: int = Field(default=8 * 1024 * 1024, ge=1024)
+    max_json_depth: int = Field(default=64, ge=8, le=512)  # nesting levels of a request body
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
 
     @field_validator("api_key")

@@ -120,7 +120,7 @@ class ChatCompletionRequest(_Lenient):
     max_tokens: int | None = Field(default=None, ge=1)
     max_completion_tokens: int | None = Field(default=None, ge=1)
     stop: str | list[str] | None = None
-    seed: int | None = None
+    seed: int | None = Field(default=None, ge=-(2**63), le=2**64 - 1)  # what torch's generators take
     presence_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
     frequency_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
     stream: bool = False
@@ -134,8 +134,8 @@ class ChatCompletionRequest(_Lenient):
     # Extras that peers accept through extra_body.
     top_k: int | None = Field(default=None, ge=0)
     min_p: float | None = Field(default=None, ge=0.0, le=1.0)
-    repetition_penalty: float | None = Field(default=None, gt=0.0, le=10.0)
-    tools: list[Tool] | None = None
+    repetition_penalty: float | None = Field(default=None, ge=0.01, le=10.0)
+    tools: list[Tool] | None = Field(default=None, max_length=128)  # OpenAI's limit
     tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
     parallel_tool_calls: bool = True
     reasoning_effort: Literal["none", "minimal", "low", "medium", "high"] | None = None
@@ -151,13 +151,15 @@ class ChatCompletionRequest(_Lenient):
             raise ValueError("stop sequences must be non-empty strings")
         if len(stops) > 16:
             raise ValueError("at most 16 stop sequences are allowed")
+        if any(len(stop) > 512 for stop in stops):
+            raise ValueError("stop sequences must be at most 512 characters long")
         return stops
 
     @field_validator("logit_bias")
     @classmethod
     def _bias(cls, value: dict[str, float] | None) -> dict[str, float] | None:
         for key, bias in (value or {}).items():
-            if not key.isdigit():
+            if not re.fullmatch("[0-9]{1,9}", key):
                 raise ValueError(f"logit_bias keys must be token ids, got {key!r}")
             if not -100.0 <= bias <= 100.0:
                 raise ValueError(f"logit_bias values must be between -100 and 100, got {bias}")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any, TypeVar, cast
 
 from pydantic import BaseModel, ValidationError
@@ -10,8 +9,10 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import BaseRoute, Route
 
+from ai_stack.config import Config
 from ai_stack.engines.base import ChatEngine, SpeechEngine
 from ai_stack.errors import InvalidRequest
+from ai_stack.json_body import load_json
 from ai_stack.protocol import ChatCompletionRequest, ModelCard, ModelList, SpeechRequest
 from ai_stack.registry import ModelEntry, ModelRegistry, ModelState
 from ai_stack.serving.chat import ChatService, ClientDisconnected
@@ -22,13 +23,8 @@ M = TypeVar("M", bound=BaseModel)
 
 async def parse_body(request: Request, schema: type[M]) -> M:
     """Read a JSON object body and validate it; every problem is a 400 naming the parameter."""
-    raw = await request.body()
-    try:
-        data = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise InvalidRequest(
-            "We could not parse the JSON body of your request: it is not valid JSON"
-        ) from None
+    config: Config = request.app.state.config
+    data = load_json(await request.body(), config.server.max_json_depth)
     if not isinstance(data, dict):
         raise InvalidRequest("The request body must be a JSON object")
     try:

@@ -92,3 +92,81 @@ def test_server_keeps_serving_after_bad_requests(client: TestClient) -> None:
             == 200
         )
     )
+
+
+TOOL = {"type": "function", "function": {"name": "f", "parameters": {"type": "object", "properties": {}}}}
+
+
+def _deep_schema(levels: int) -> dict[str, Any]:
+    schema: dict[str, Any] = {"type": "string"}
+    for _ in range(levels):
+        schema = {"type": "object", "properties": {"a": schema}}
+    return schema
+
+
+@pytest.mark.parametrize(
+    ("extra", "param"),
+    [
+        ({"seed": 2**70}, "seed"),
+        ({"seed": -(2**63) - 1}, "seed"),
+        ({"repetition_penalty": 1e-300}, "repetition_penalty"),
+        ({"logit_bias": {"\u00b2": 5}}, "logit_bias"),
+        ({"logit_bias": {"1" * 12: 5}}, "logit_bias"),
+        ({"stop": ["x" * 513]}, "stop"),
+        ({"tools": [TOOL] * 129}, "tools"),
+        (
+            {
+                "response_format": {
+                    "type": "json_schema",
+                    "json_schema": {"name": "deep", "schema": _deep_schema(40)},
+                }
+            },
+            None,
+        ),
+        ({"tools": [{**TOOL, "function": {"name": "f", "parameters": _deep_schema(40)}}]}, None),
+    ],
+)
+def test_hostile_parameters_are_400(client: TestClient, extra: dict[str, Any], param: str | None) -> None:
+    """Out-of-range numbers, odd digits, overlong lists and over-deep schemas are refused, not a 500."""
+    response = client.post("/v1/chat/completions", json={"model": "fake-chat", "messages": USER, **extra})
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert error["type"] == "invalid_request_error"
+    if param is not None:
+        assert error["param"] == param
+
+
+@pytest.mark.parametrize(
+    ("arguments", "accepted"),
+    [('{"city": "Paris"}', True), ("", True), ("not json {", False), ("[1, 2]", False), ('"text"', False)],
+)
+def test_earlier_tool_call_arguments_must_be_a_json_object(
+    client: TestClient, arguments: str, accepted: bool
+) -> None:
+    call = {"id": "call_1", "type": "function", "function": {"name": "f", "arguments": arguments}}
+    messages = [
+        {"role": "user", "content": "weather?"},
+        {"role": "assistant", "content": None, "tool_calls": [call]},
+        {"role": "tool", "tool_call_id": "call_1", "content": "sunny"},
+    ]
+    response = client.post("/v1/chat/completions", json={"model": "fake-chat", "messages": messages})
+    if accepted:
+        assert response.status_code == 200, response.text
+    else:
+        assert_error(response, 400, "invalid_request", "messages[1].tool_calls[0].function.arguments")
+
+
+def test_lone_surrogates_and_big_seeds_are_answered(client: TestClient) -> None:
+    """A lone surrogate becomes U+FFFD (also in a stream); the largest 64-bit seed works with n > 1."""
+    raw = '{"model": "fake-chat", "messages": [{"role": "user", "content": "hi \\ud800 there"}]}'
+    response = client.post("/v1/chat/completions", content=raw, headers={"content-type": "application/json"})
+    assert response.status_code == 200, response.text
+    assert response.json()["choices"][0]["message"]["content"] == "You said: hi \ufffd there"
+    streamed = client.post(
+        "/v1/chat/completions",
+        content=raw.replace('"messages"', '"stream": true, "messages"'),
+        headers={"content-type": "application/json"},
+    )
+    assert streamed.status_code == 200 and "data: [DONE]" in streamed.text and '"error"' not in streamed.text
+    body = {"model": "fake-chat", "messages": USER, "seed": 2**64 - 1, "n": 3, "temperature": 1.0}
+    assert client.post("/v1/chat/completions", json=body).status_code == 200

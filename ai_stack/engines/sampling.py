@@ -22,6 +22,8 @@ from transformers import (
 
 from ai_stack.engines.base import FinishReason, GrammarError, Piece, SamplingParams, TokenLogprob
 
+GREEDY_BELOW = 1e-5  # temperatures below this pick the most likely token
+
 
 class OpenAIPenalties(LogitsProcessor):
     """OpenAI's presence and frequency penalties over the tokens generated so far."""
@@ -116,7 +118,10 @@ class TokenTexts:
 def sampling_processors(params: SamplingParams, config: Any) -> tuple[bool, LogitsProcessorList]:
     """Whether to sample, and the warpers (temperature, top-k, top-p, min-p) the request asks for."""
     warpers = LogitsProcessorList()
-    if params.temperature == 0.0 or (params.temperature is None and not config.do_sample):
+    # A temperature this close to 0 would overflow the scaled logits: it means greedy, as in vLLM.
+    if (params.temperature is not None and params.temperature < GREEDY_BELOW) or (
+        params.temperature is None and not config.do_sample
+    ):
         return False, warpers
     temperature = params.temperature if params.temperature is not None else config.temperature
     top_k = params.top_k if params.top_k is not None else config.top_k

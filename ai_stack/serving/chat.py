@@ -52,7 +52,10 @@ def _messages(request: ChatCompletionRequest) -> list[dict[str, Any]]:
         if message.name:
             item["name"] = message.name
         if message.tool_calls:
-            item["tool_calls"] = [_template_tool_call(call) for call in message.tool_calls]
+            item["tool_calls"] = [
+                _template_tool_call(call, f"messages[{index}].tool_calls[{number}]")
+                for number, call in enumerate(message.tool_calls)
+            ]
         if message.tool_call_id:
             item["tool_call_id"] = message.tool_call_id
         reasoning = message.reasoning_content or message.reasoning
@@ -62,15 +65,24 @@ def _messages(request: ChatCompletionRequest) -> list[dict[str, Any]]:
     return messages
 
 
-def _template_tool_call(call: dict[str, Any]) -> dict[str, Any]:
-    """An incoming tool call as chat templates expect it: arguments as an object, not a JSON string."""
+def _template_tool_call(call: dict[str, Any], param: str) -> dict[str, Any]:
+    """An earlier tool call as chat templates expect it: a function name and arguments as an object.
+
+    OpenAI sends arguments as a JSON string; templates iterate over them as a mapping: anything else is a 400.
+    """
     function = call.get("function")
-    if not isinstance(function, dict) or not isinstance(function.get("arguments"), str):
-        return call
-    try:
-        arguments = json.loads(function["arguments"])
-    except json.JSONDecodeError:
-        return call
+    if not isinstance(function, dict) or not isinstance(function.get("name"), str):
+        raise InvalidRequest("An assistant tool call needs function.name", param=f"{param}.function.name")
+    arguments = function.get("arguments", "{}")
+    if isinstance(arguments, str):
+        try:
+            arguments = json.loads(arguments) if arguments.strip() else {}
+        except (json.JSONDecodeError, RecursionError, ValueError):
+            arguments = None
+    if not isinstance(arguments, dict):
+        raise InvalidRequest(
+            "A tool call's arguments must be a JSON object (as a string)", param=f"{param}.function.arguments"
+        )
     return {**call, "function": {**function, "arguments": arguments}}
 
 

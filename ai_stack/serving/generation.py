@@ -171,7 +171,8 @@ async def run_choice(chat: PreparedChat, index: int, cancel: threading.Event) ->
     result = RunResult()
     params = chat.params
     if index and params.seed is not None:  # several choices with one seed must still differ
-        params = replace(params, seed=params.seed + index)
+        seed = params.seed + index
+        params = replace(params, seed=seed - 2**64 if seed >= 2**64 else seed)  # stay in torch's range
     parser = chat.parser()
     calls = 0
     seen: set[tuple[str, str]] = set()
