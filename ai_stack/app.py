@@ -76,7 +76,10 @@ def create_app(config: Config, loader: Loader = load_engine) -> Starlette:
                 expose_headers=["x-request-id", "retry-after"],
             ),
             Middleware(
-                GatewayMiddleware, api_key=config.server.api_key, max_body_bytes=config.server.max_body_bytes
+                GatewayMiddleware,
+                api_key=config.server.api_key,
+                max_body_bytes=config.server.max_body_bytes,
+                allowed_hosts=config.server.allowed_hosts,
             ),
         ],
         exception_handlers={APIError: _api_error, HTTPException: _http_error},

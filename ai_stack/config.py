@@ -82,6 +82,8 @@ class ServerConfig(BaseModel):
     load_on_request: bool = True
     max_body_bytes: int = Field(default=8 * 1024 * 1024, ge=1024)
     max_json_depth: int = Field(default=64, ge=8, le=512)  # nesting levels of a request body
+    allowed_hosts: list[str] = Field(default_factory=lambda: ["*"])  # Host names served (DNS rebinding)
+    allow_request_chat_template: bool = False  # chat_template_kwargs.chat_template may replace the model's
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
 
     @field_validator("api_key")
@@ -119,6 +121,7 @@ ENV_KEYS: dict[str, str] = {
     "AI_STACK_API_KEY": "api_key",
     "AI_STACK_HOME": "home",
     "AI_STACK_CORS_ORIGINS": "cors_origins",
+    "AI_STACK_ALLOWED_HOSTS": "allowed_hosts",
     "AI_STACK_LOAD_ON_REQUEST": "load_on_request",
     "AI_STACK_LOG_LEVEL": "log_level",
 }
@@ -153,7 +156,7 @@ def _env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
     for env, key in ENV_KEYS.items():
         if env in environ:
             value: Any = environ[env]
-            if key == "cors_origins":
+            if key in ("cors_origins", "allowed_hosts"):
                 value = [origin.strip() for origin in value.split(",") if origin.strip()]
             overrides[key] = value
     return overrides

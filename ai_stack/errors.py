@@ -65,6 +65,22 @@ class AuthenticationFailed(APIError):
     code = "invalid_api_key"
 
 
+class Forbidden(APIError):
+    """403: the request is not allowed from where it comes."""
+
+    status = 403
+    type = "invalid_request_error"
+    code = "forbidden"
+
+
+class UnsupportedMediaType(APIError):
+    """415: a JSON route was sent another content type."""
+
+    status = 415
+    type = "invalid_request_error"
+    code = "unsupported_media_type"
+
+
 class NotFound(APIError):
     """404: no such route or resource."""
 

@@ -1,18 +1,52 @@
-"""The gateway middleware: request ids, the API key check, the body size limit, a last-resort 500."""
+"""The gateway middleware: request ids, hosts, the API key, cross-origin rules, body limits, a last 500.
+
+Browsers send any page's requests to a local server, so what a page could do unseen is refused: a JSON route
+takes only a JSON content type (a cross-origin `text/plain` POST needs no CORS preflight), and loading or
+unloading models is refused from another origin unless the server has an API key (which the page must send).
+"""
 
 from __future__ import annotations
 
 import hmac
 import json
 import logging
+import re
 import uuid
 from typing import Any
+from urllib.parse import urlsplit
 
+from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from ai_stack.errors import APIError, AuthenticationFailed, PayloadTooLarge, error_body
+from ai_stack.errors import (
+    APIError,
+    AuthenticationFailed,
+    Forbidden,
+    InvalidRequest,
+    PayloadTooLarge,
+    UnsupportedMediaType,
+    error_body,
+)
 
 log = logging.getLogger(__name__)
+
+_REQUEST_ID = re.compile(
+    r"[A-Za-z0-9._:\-]{1,128}"
+)  # a client's x-request-id is echoed only when it looks like one
+_ADMIN = re.compile(r"/v1/models/.+/(load|unload)")
+_GUARDED = ("/v1/", "/metrics")  # need the API key when one is set
+
+
+def _host_name(host: str) -> str:
+    """The name part of a Host header: `[::1]:8080` -> `::1`, `localhost:8080` -> `localhost`."""
+    if host.startswith("["):
+        return host[1 : host.find("]")] if "]" in host else host
+    return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+
+
+def _is_json(content_type: str) -> bool:
+    media = content_type.split(";", 1)[0].strip().lower()
+    return media == "application/json" or media.endswith("+json")
 
 
 def _json_bytes(body: dict[str, Any]) -> bytes:
@@ -30,15 +64,19 @@ async def _send_json(send: Send, status: int, body: dict[str, Any], headers: dic
 class GatewayMiddleware:
     """Request ids, the API key check, the body size limit, and a last-resort 500 in OpenAI shape."""
 
-    def __init__(self, app: ASGIApp, api_key: str | None, max_body_bytes: int) -> None:
+    def __init__(
+        self, app: ASGIApp, api_key: str | None, max_body_bytes: int, allowed_hosts: list[str] | None = None
+    ) -> None:
         self.app, self.api_key, self.max_body_bytes = app, api_key, max_body_bytes
+        self.allowed_hosts = None if not allowed_hosts or "*" in allowed_hosts else set(allowed_hosts)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
-        request_id = headers.get("x-request-id") or f"req-{uuid.uuid4().hex}"
+        sent_id = headers.get("x-request-id", "")
+        request_id = sent_id if _REQUEST_ID.fullmatch(sent_id) else f"req-{uuid.uuid4().hex}"
         extra = {"x-request-id": request_id}
         started = False
 
@@ -51,17 +89,10 @@ class GatewayMiddleware:
             await send(message)
 
         try:
-            if self.api_key and scope["path"].startswith("/v1/") and scope["method"] != "OPTIONS":
-                auth = headers.get("authorization", "")
-                token = auth[7:].strip() if auth[:7].lower() == "bearer " else ""
-                if not hmac.compare_digest(token.encode(), self.api_key.encode()):
-                    raise AuthenticationFailed(
-                        "Incorrect or missing API key. Send 'Authorization: Bearer YOUR_KEY'."
-                    )
-            length = headers.get("content-length")
-            if length and length.isdigit() and int(length) > self.max_body_bytes:
-                raise PayloadTooLarge(f"The request body is over the limit of {self.max_body_bytes} bytes")
+            self._check(scope, headers)
             await self.app(scope, self._limited(receive), send_with_id)
+        except ClientDisconnect:  # the client left mid-body: nobody to answer, nothing went wrong here
+            log.debug("client disconnected during %s %s", scope["method"], scope["path"])
         except APIError as exc:
             if started:
                 raise
@@ -77,6 +108,39 @@ class GatewayMiddleware:
                 "internal_error",
             )
             await _send_json(send, 500, body, {"x-should-retry": "false", **extra})
+
+    def _check(self, scope: Scope, headers: dict[str, str]) -> None:
+        """Host, API key, content type, cross-origin admin calls and the declared body size."""
+        path, method = scope["path"], scope["method"]
+        host = headers.get("host", "")
+        if self.allowed_hosts is not None and _host_name(host) not in self.allowed_hosts:
+            raise InvalidRequest(f"Host {host[:100]!r} is not allowed here", code="host_not_allowed")
+        authenticated = self.api_key is None
+        if self.api_key is not None:
+            auth = headers.get("authorization", "")
+            token = auth[7:].strip() if auth[:7].lower() == "bearer " else ""
+            authenticated = hmac.compare_digest(token.encode(), self.api_key.encode())
+            if not authenticated and path.startswith(_GUARDED) and method != "OPTIONS":
+                raise AuthenticationFailed(
+                    "Incorrect or missing API key. Send 'Authorization: Bearer YOUR_KEY'."
+                )
+        scope.setdefault("state", {})["authenticated"] = authenticated
+        length = headers.get("content-length")
+        if length and length.isdigit() and int(length) > self.max_body_bytes:
+            raise PayloadTooLarge(f"The request body is over the limit of {self.max_body_bytes} bytes")
+        if method == "POST" and path.startswith("/v1/"):
+            content_type = headers.get("content-type")
+            has_body = (length not in (None, "0")) or "transfer-encoding" in headers
+            if has_body and content_type is not None and not _is_json(content_type):
+                raise UnsupportedMediaType(
+                    f"Content-Type {content_type[:100]!r} is not JSON; send 'Content-Type: application/json'"
+                )
+            origin = headers.get("origin")
+            if origin and self.api_key is None and _ADMIN.fullmatch(path) and urlsplit(origin).netloc != host:
+                raise Forbidden(
+                    f"Loading and unloading models from another origin ({origin[:100]}) needs the server's "
+                    "API key; set one (api_key) to allow it"
+                )
 
     def _limited(self, receive: Receive) -> Receive:
         seen = 0

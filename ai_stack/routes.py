@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any, TypeVar, cast
 
 from pydantic import BaseModel, ValidationError
@@ -118,7 +119,8 @@ async def readiness(request: Request) -> Response:
     """GET /health/ready: 503 while any model loads; each model's state and error."""
     entries = list(_registry(request).entries.values())
     models: list[dict[str, Any]] = [
-        {"id": e.spec.id, "kind": e.spec.kind, "state": e.state.value, "error": e.error} for e in entries
+        {"id": e.spec.id, "kind": e.spec.kind, "state": e.state.value, "error": without_paths(e.error)}
+        for e in entries
     ]
     if any(e.state == ModelState.LOADING for e in entries):
         status, code = "loading", 503
@@ -127,7 +129,18 @@ async def readiness(request: Request) -> Response:
     else:
         status, code = "degraded", 200
     headers = {"Retry-After": "5"} if code == 503 else None
-    return JSONResponse({"status": status, "models": models}, status_code=code, headers=headers)
+    body: dict[str, Any] = {"status": status}
+    if request.scope.get("state", {}).get("authenticated", True):  # the models only for the key's holder
+        body["models"] = models
+    return JSONResponse(body, status_code=code, headers=headers)
+
+
+_PATH = re.compile(r"(?:[A-Za-z]:)?[/\\](?:[^\s'\"/\\]+[/\\])+([^\s'\"/\\]*)")
+
+
+def without_paths(text: str | None) -> str | None:
+    """An error message with each absolute file path cut to its last part (`.../model.gguf`)."""
+    return None if text is None else _PATH.sub(lambda m: ".../" + m.group(1), text)
 
 
 async def audio_speech(request: Request) -> Response:

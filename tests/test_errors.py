@@ -170,3 +170,25 @@ def test_lone_surrogates_and_big_seeds_are_answered(client: TestClient) -> None:
     assert streamed.status_code == 200 and "data: [DONE]" in streamed.text and '"error"' not in streamed.text
     body = {"model": "fake-chat", "messages": USER, "seed": 2**64 - 1, "n": 3, "temperature": 1.0}
     assert client.post("/v1/chat/completions", json=body).status_code == 200
+
+
+@pytest.mark.parametrize("key", ["chat_template", "tokenize", "add_generation_prompt", "tools", "messages"])
+def test_template_kwargs_cannot_replace_the_template_or_render_switches(client: TestClient, key: str) -> None:
+    kwargs = {key: "{% for x in range(10**9) %}x{% endfor %}" if key == "chat_template" else True}
+    response = client.post(
+        "/v1/chat/completions", json={"model": "fake-chat", "messages": USER, "chat_template_kwargs": kwargs}
+    )
+    error = assert_error(response, 400, "invalid_request", f"chat_template_kwargs.{key}")
+    if key == "chat_template":
+        assert "allow_request_chat_template" in error["message"]
+
+
+def test_template_variables_pass_and_own_templates_can_be_allowed(app_client: Any) -> None:
+    body = {"model": "fake-chat", "messages": USER, "chat_template_kwargs": {"enable_thinking": False}}
+    default = app_client()
+    wait_ready(default, "fake-chat")
+    assert default.post("/v1/chat/completions", json=body).status_code == 200
+    allowed = app_client(allow_request_chat_template=True)
+    wait_ready(allowed, "fake-chat")
+    own = {**body, "chat_template_kwargs": {"chat_template": "{{ messages[0].content }}"}}
+    assert allowed.post("/v1/chat/completions", json=own).status_code == 200

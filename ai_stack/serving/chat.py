@@ -33,6 +33,27 @@ from ai_stack.serving.constraints import json_grammar, tool_grammar
 from ai_stack.serving.generation import ChoiceEvent, PreparedChat, RunResult, run_choices
 from ai_stack.serving.parsers import ToolCall, detect_reasoning, detect_tool_format, prompt_opens_reasoning
 
+# apply_chat_template's own arguments: through chat_template_kwargs they would clash or change the render.
+RESERVED_TEMPLATE_KWARGS = frozenset(
+    {
+        "chat_template",
+        "conversation",
+        "messages",
+        "tools",
+        "documents",
+        "tokenize",
+        "add_generation_prompt",
+        "continue_final_message",
+        "return_dict",
+        "return_tensors",
+        "return_assistant_tokens_mask",
+        "tokenizer_kwargs",
+        "padding",
+        "truncation",
+        "max_length",
+    }
+)
+
 
 class ClientDisconnected(Exception):
     """The client went away before its answer was ready; the generation was cancelled."""
@@ -167,11 +188,31 @@ class ChatService:
                     time.monotonic() - started,
                 )
 
+    def _check_template_kwargs(self, kwargs: dict[str, Any]) -> None:
+        """Template variables only: no rendering switches, and no template of the client's own unless allowed.
+
+        A template is a program: a client's could loop or allocate without bound in the render threads.
+        """
+        for key in kwargs:
+            if key == "chat_template" and self.registry.config.server.allow_request_chat_template:
+                continue
+            if key in RESERVED_TEMPLATE_KWARGS:
+                why = (
+                    "a request may not replace the model's chat template (the server's "
+                    "allow_request_chat_template is off)"
+                    if key == "chat_template"
+                    else "it is set by the server"
+                )
+                raise InvalidRequest(
+                    f"chat_template_kwargs.{key} is not accepted: {why}", param=f"chat_template_kwargs.{key}"
+                )
+
     async def prepare(self, request: ChatCompletionRequest) -> PreparedChat:
         """Find the model, render the prompt, set up constraints and parsers, and check the context fits."""
         entry, engine = self.registry.chat_engine(request.model)
         template = engine.chat_template
         template_kwargs = dict(request.chat_template_kwargs or {})
+        self._check_template_kwargs(template_kwargs)
         if request.reasoning_effort == "none":
             template_kwargs["enable_thinking"] = False
         choice = request.tool_choice or "auto"
