@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from typing import Any
 
-from ai_stack.engines.base import Prompt, SamplingParams
-from ai_stack.engines.sampling import GrammarMask, TokenTexts
+from ai_stack.engines.base import Piece, Prompt, SamplingParams
+from ai_stack.engines.sampling import GrammarMask, RowSampler, TokenTexts
 
 
 def eos_ids_of(generation_config: Any, tokenizer: Any) -> set[int]:
@@ -23,6 +24,7 @@ class HFTextMixin:
     """Chat template, special tokens and llguidance tokenizer from a Hugging Face tokenizer."""
 
     tokenizer: Any
+    generation_config: Any
     vocab_size: int
     eos_ids: set[int]
     _lltokenizer: Any = None
@@ -58,6 +60,28 @@ class HFTextMixin:
         if params.logprobs is not None and self._texts is None:
             self._texts = TokenTexts(self.tokenizer, self.lltokenizer())
         return grammar
+
+    def row_sampler(
+        self,
+        params: SamplingParams,
+        prompt_ids: list[int],
+        emit: Callable[[Piece], None],
+        grammar: GrammarMask | None,
+        device: Any = "cpu",
+    ) -> RowSampler:
+        """A request's sampler with this model's defaults, EOS ids, vocabulary, tokenizer, logprob texts."""
+        return RowSampler(
+            params,
+            prompt_ids,
+            generation_config=self.generation_config,
+            vocab_size=self.vocab_size,
+            eos_ids=self.eos_ids,
+            tokenizer=self.tokenizer,
+            emit=emit,
+            grammar=grammar,
+            texts=self._texts,
+            device=device,
+        )
 
     def render(self, messages: list[dict[str, Any]], template_kwargs: dict[str, Any]) -> Prompt:
         """Apply the model's own chat template, then tokenize without adding special tokens twice."""

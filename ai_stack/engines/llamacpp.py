@@ -252,17 +252,7 @@ class LlamaCppChatEngine(HFTextMixin):
             self.stats["admitted"] += 1
 
     def _setup(self, request: _Request) -> None:
-        request.sampler = RowSampler(
-            request.params,
-            request.prompt,
-            generation_config=self.generation_config,
-            vocab_size=self.vocab_size,
-            eos_ids=self.eos_ids,
-            tokenizer=self.tokenizer,
-            emit=request.emit,
-            grammar=request.grammar,
-            texts=self._texts,
-        )
+        request.sampler = self.row_sampler(request.params, request.prompt, request.emit, request.grammar)
         # A fresh sequence: make sure no cells of an earlier user remain.
         self._ll.llama_memory_seq_rm(self._memory, request.seq, -1, -1)
 

@@ -27,7 +27,7 @@ from ai_stack.engines.base import (
 from ai_stack.engines.catalog import TransformersOptions
 from ai_stack.engines.hf_text import HFTextMixin, eos_ids_of
 from ai_stack.engines.kv_batch import BatchKV
-from ai_stack.engines.sampling import GrammarMask, RowSampler
+from ai_stack.engines.sampling import GrammarMask
 from ai_stack.engines.torch_device import (
     cpu_packs_fp16,
     pack_fp16_linears,
@@ -73,17 +73,8 @@ class _Row:
     def __init__(self, engine: TransformersChatEngine, request: _Request) -> None:
         device = engine.model.device
         self.request = request
-        self.sampler = RowSampler(
-            request.params,
-            request.prompt.token_ids,
-            generation_config=engine.model.generation_config,
-            vocab_size=engine.vocab_size,
-            eos_ids=engine.eos_ids,
-            tokenizer=engine.tokenizer,
-            emit=request.emit,
-            grammar=request.grammar,
-            texts=engine._texts,
-            device=device,
+        self.sampler = engine.row_sampler(
+            request.params, request.prompt.token_ids, request.emit, request.grammar, device
         )
         self.ids = torch.tensor([request.prompt.token_ids], dtype=torch.long, device=device)
         self.position = len(request.prompt.token_ids)  # the position of the next token fed to the model
@@ -122,6 +113,7 @@ class TransformersChatEngine(HFTextMixin):
         )
         self.max_batch = max(1, int(max_batch))
         self.prefill_chunk = max(1, int(prefill_chunk))
+        self.generation_config = model.generation_config
         self.eos_ids = eos_ids_of(model.generation_config, tokenizer)
         self.vocab_size = int(model.get_output_embeddings().out_features)
         self._lltokenizer: Any = None
