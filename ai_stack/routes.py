@@ -153,6 +153,22 @@ async def audio_speech(request: Request) -> Response:
     return StreamingResponse(content, media_type=speech.media_type, headers=headers)
 
 
+async def audio_models(request: Request) -> Response:
+    """GET /v1/audio/models: the speech models, as Open WebUI reads them first (`{"models": [{"id"}]}`)."""
+    models = [
+        {
+            "id": entry.spec.id,
+            "name": entry.spec.id,
+            "aliases": entry.spec.aliases,
+            "engine": entry.spec.engine,
+            "state": entry.state.value,
+        }
+        for entry in _registry(request).entries.values()
+        if entry.spec.kind == "speech"
+    ]
+    return JSONResponse({"models": models})
+
+
 async def audio_voices(request: Request) -> Response:
     """GET /v1/audio/voices[?model=ID]: the voices of every speech model (or one)."""
     registry = _registry(request)
@@ -203,4 +219,5 @@ def api_routes() -> list[BaseRoute]:
         Route("/chat/completions", chat_completions, methods=["POST"]),
         Route("/audio/speech", audio_speech, methods=["POST"]),
         Route("/audio/voices", audio_voices, methods=["GET"]),
+        Route("/audio/models", audio_models, methods=["GET"]),
     ]

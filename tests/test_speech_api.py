@@ -350,3 +350,20 @@ def test_kokoro_onnx_blend_through_the_api(app_client: Callable[..., TestClient]
     assert rate == 24000 and samples.size > 0.3 * rate
     response = client.post("/v1/audio/speech", json={**body, "voice": "jf_alpha+nobody"})
     assert_error(response, 400, "invalid_value", "voice")
+
+
+def test_audio_models_lists_the_speech_models(fake_client: TestClient) -> None:
+    """Open WebUI asks GET /v1/audio/models first: the speech models only, with their aliases and state."""
+    response = fake_client.get("/v1/audio/models")
+    assert response.status_code == 200
+    assert response.json() == {
+        "models": [
+            {
+                "id": "fake-voice",
+                "name": "fake-voice",
+                "aliases": ["tts-fake"],
+                "engine": "fake-speech",
+                "state": "ready",
+            }
+        ]
+    }
