@@ -12,6 +12,7 @@ from typing import cast
 
 from ai_stack.config import Config, ModelSpec
 from ai_stack.engines.base import ChatEngine, SpeechEngine
+from ai_stack.engines.catalog import ENGINES, EngineOptions
 from ai_stack.errors import Conflict, InvalidRequest, ModelNotFound, ModelUnavailable
 from ai_stack.threads import run_in_daemon_thread
 
@@ -36,6 +37,7 @@ class ModelEntry:
     """A configured model and, once loaded, its engine."""
 
     spec: ModelSpec
+    options: EngineOptions  # spec.options as its engine's options model reads them (checked with the config)
     state: ModelState = ModelState.UNLOADED
     engine: Engine | None = None
     error: str | None = None
@@ -49,7 +51,10 @@ class ModelRegistry:
     def __init__(self, config: Config, loader: Loader) -> None:
         self.config = config
         self._loader = loader
-        self.entries: dict[str, ModelEntry] = {spec.id: ModelEntry(spec) for spec in config.models}
+        self.entries: dict[str, ModelEntry] = {
+            spec.id: ModelEntry(spec, ENGINES[spec.engine].options.model_validate(spec.options))
+            for spec in config.models
+        }
         self._names = {name: spec.id for spec in config.models for name in spec.names}
         # One load at a time: on a small machine parallel loads only fight over cores and memory.
         self._load_lock = asyncio.Lock()

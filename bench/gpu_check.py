@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import datetime
-import importlib.metadata
 import importlib.util
 import json
 import os
@@ -31,6 +30,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from bench.machine import version
 
 ROOT = Path(__file__).resolve().parent.parent
 # What the server needs that a bare CUDA image (torch, transformers, numpy, httpx, jinja2, ...) may lack:
@@ -150,16 +151,8 @@ def machine() -> dict[str, Any]:
         done = subprocess.run(query, capture_output=True, text=True, timeout=30, check=False)
         info["driver"] = done.stdout.strip() or done.stderr.strip()[:200]
     for dist in ("transformers", "bitsandbytes", "accelerate", "tokenizers", "llguidance"):
-        info[dist] = installed(dist)
+        info[dist] = version(dist)
     return info
-
-
-def installed(dist: str) -> str | None:
-    """The installed version of a distribution, or None."""
-    try:
-        return importlib.metadata.version(dist)
-    except importlib.metadata.PackageNotFoundError:
-        return None
 
 
 def cuda_claimed() -> str | None:
@@ -190,10 +183,10 @@ def check_cuda(dry_run: bool) -> dict[str, Any]:
 
 def transformers_ok() -> bool:
     """Whether the installed transformers is new enough for the engine."""
-    version = installed("transformers")
-    if version is None:
+    found = version("transformers")
+    if found is None:
         return False
-    parts = tuple(int(p) for p in version.split(".")[:2] if p.isdigit())
+    parts = tuple(int(p) for p in found.split(".")[:2] if p.isdigit())
     return parts >= MIN_TRANSFORMERS
 
 
@@ -503,7 +496,7 @@ def download_wheels(folder: Path) -> None:
     """Fill `folder` with the wheels a lent GPU machine (Python 3.12, x86-64, no network) lacks."""
     folder.mkdir(parents=True, exist_ok=True)
     pins = [
-        d if d in ("bitsandbytes",) else f"{d}=={installed(d)}" for d in NEEDS.values() if d != "bitsandbytes"
+        d if d in ("bitsandbytes",) else f"{d}=={version(d)}" for d in NEEDS.values() if d != "bitsandbytes"
     ]
     pins.append("bitsandbytes>=0.45")
     platforms = [

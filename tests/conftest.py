@@ -107,6 +107,14 @@ def kokoro(kokoro_cache: Path) -> Iterator[KokoroOnnxEngine]:
 
 
 @pytest.fixture
+def client(app_client: Callable[..., TestClient]) -> TestClient:
+    """A TestClient for the default config of one fake chat model, once that model is ready."""
+    c = app_client()
+    wait_ready(c, "fake-chat")
+    return c
+
+
+@pytest.fixture
 def app_client(tmp_path: Path) -> Iterator[Callable[..., TestClient]]:
     """Factory: a TestClient (lifespan running) for a config of the given models and server settings."""
     clients: list[TestClient] = []

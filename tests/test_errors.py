@@ -12,13 +12,6 @@ from tests.conftest import FAKE, assert_error, wait_for, wait_ready
 USER = [{"role": "user", "content": "hi"}]
 
 
-@pytest.fixture
-def client(app_client: Any) -> TestClient:
-    c: TestClient = app_client()
-    wait_ready(c, "fake-chat")
-    return c
-
-
 def test_unknown_model_is_404_and_lists_nothing(client: TestClient) -> None:
     response = client.post("/v1/chat/completions", json={"model": "gpt-9", "messages": USER})
     error = assert_error(response, 404, "model_not_found", "model")

@@ -2,21 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any
-
-import pytest
 from starlette.testclient import TestClient
 
-from tests.conftest import wait_ready
-
 USER = [{"role": "user", "content": "hi"}]
-
-
-@pytest.fixture
-def client(app_client: Any) -> TestClient:
-    c: TestClient = app_client()
-    wait_ready(c, "fake-chat")
-    return c
 
 
 def test_metrics_count_completions_and_model_states(client: TestClient) -> None:

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 from ai_stack.audio import FORMATS, AudioEncoder
 from ai_stack.engines.base import SpeechEngine
-from ai_stack.engines.catalog import ENGINES, SpeechOptions
+from ai_stack.engines.catalog import SpeechOptions
 from ai_stack.engines.voices import parse_voice_blend
 from ai_stack.errors import InvalidRequest, stream_error_body
 from ai_stack.protocol import SpeechRequest
@@ -50,10 +50,9 @@ def input_tokens(text: str) -> int:
 
 
 def speech_options(entry: ModelEntry) -> SpeechOptions:
-    """A speech model's options, as its engine's options model reads them (the config checked them)."""
-    options = ENGINES[entry.spec.engine].options.model_validate(entry.spec.options)
-    assert isinstance(options, SpeechOptions)
-    return options
+    """A speech model's options (voice_map, default_voice), read once with the config."""
+    assert isinstance(entry.options, SpeechOptions)
+    return entry.options
 
 
 def resolve_voice(entry: ModelEntry, engine: SpeechEngine, requested: str) -> str:
