@@ -15,13 +15,15 @@ from starlette.routing import Mount, Route
 
 from ai_stack.config import Config
 from ai_stack.engines.catalog import load_engine
-from ai_stack.errors import APIError, error_body
+from ai_stack.errors import APIError, body_for
 from ai_stack.metrics import Metrics, metrics_endpoint
 from ai_stack.middleware import GatewayMiddleware
+from ai_stack.openapi import openapi_endpoint
 from ai_stack.registry import Loader, ModelRegistry
 from ai_stack.routes import api_routes, health, readiness
 from ai_stack.serving.chat import ChatService
 from ai_stack.serving.speech import SpeechService
+from ai_stack.surfaces import completions, messages, ollama, responses
 from ai_stack.ui import ui_routes
 
 _STATUS_TYPES = {
@@ -32,7 +34,7 @@ _STATUS_TYPES = {
 
 async def _api_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, APIError)
-    return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers)
+    return JSONResponse(body_for(request.url.path, exc), status_code=exc.status, headers=exc.headers)
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:
@@ -42,9 +44,9 @@ async def _http_error(request: Request, exc: Exception) -> Response:
         404: f"No route for {request.method} {request.url.path}",
         405: f"Method {request.method} is not allowed on {request.url.path}",
     }.get(exc.status_code, str(exc.detail))
-    return JSONResponse(
-        error_body(message, type_, None, code), status_code=exc.status_code, headers=exc.headers
-    )
+    error = APIError(message, code=code, status=exc.status_code)
+    error.type = type_
+    return JSONResponse(body_for(request.url.path, error), status_code=exc.status_code, headers=exc.headers)
 
 
 def create_app(config: Config, loader: Loader = load_engine) -> Starlette:
@@ -63,8 +65,14 @@ def create_app(config: Config, loader: Loader = load_engine) -> Starlette:
         routes=[
             Route("/health", health, methods=["GET"]),
             Route("/health/ready", readiness, methods=["GET"]),
+            Route("/openapi.json", openapi_endpoint, methods=["GET"]),
             Route("/metrics", metrics_endpoint, methods=["GET"]),
-            Mount("/v1", routes=api_routes()),
+            Mount(
+                "/v1",
+                routes=[*api_routes(), *completions.v1_routes(), *responses.routes(), *messages.routes()],
+            ),
+            *completions.llama_routes(),
+            Mount("/api", routes=ollama.routes()),
             *ui_routes(),
         ],
         middleware=[
@@ -80,6 +88,7 @@ def create_app(config: Config, loader: Loader = load_engine) -> Starlette:
                 api_key=config.server.api_key,
                 max_body_bytes=config.server.max_body_bytes,
                 allowed_hosts=config.server.allowed_hosts,
+                body_timeout=config.server.body_timeout,
             ),
         ],
         exception_handlers={APIError: _api_error, HTTPException: _http_error},

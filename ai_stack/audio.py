@@ -1,7 +1,13 @@
-"""Streaming audio encoding for /v1/audio/speech: one continuous file per response, sent as it is made."""
+"""Streaming audio encoding for /v1/audio/speech: one continuous file per response, sent as it is made.
+
+FLAC is the exception: its STREAMINFO header carries the total sample count, which readers (libsndfile,
+browsers) need for the duration and which is known only at the end, so a FLAC file is assembled whole in a
+seekable buffer and sent when synthesis ends. Every other format streams.
+"""
 
 from __future__ import annotations
 
+import io
 import struct
 from fractions import Fraction
 from typing import Any
@@ -19,6 +25,9 @@ FORMATS: dict[str, str] = {
 }
 
 PCM_SAMPLE_RATE = 24000  # OpenAI's raw pcm is 24 kHz s16le mono, whatever rate the engine has
+
+# Formats whose header needs the total length: assembled whole, then sent (see the module docstring).
+WHOLE_FORMATS: frozenset[str] = frozenset({"flac"})
 
 # format -> (PyAV container, codec, sample format fed to the codec, bit rate or 0 for the codec's default)
 _AV_FORMATS: dict[str, tuple[str, str, str, int]] = {
@@ -107,7 +116,9 @@ class AudioEncoder:
         self._resampler: _Resampler | None = None
         self._container: Any = None
         self._stream: Any = None
+        self.whole = fmt in WHOLE_FORMATS  # encode() returns nothing; finish() returns the whole file
         self._sink = _Sink()
+        self._file = io.BytesIO()  # the seekable file a whole format is written to
         self._pts = 0
         if fmt == "pcm":
             self.output_rate = PCM_SAMPLE_RATE
@@ -127,7 +138,10 @@ class AudioEncoder:
         options = {"flush_packets": "1"}
         if container_format == "ogg":
             options["page_duration"] = "100000"
-        self._container = av.open(self._sink, mode="w", format=container_format, options=options)
+        target: Any = (
+            self._file if self.whole else self._sink
+        )  # the muxer rewrites a seekable header at close
+        self._container = av.open(target, mode="w", format=container_format, options=options)
         stream = self._container.add_stream(codec_name, rate=self.output_rate, layout="mono")
         stream.format = sample_format
         if bit_rate:
@@ -158,7 +172,7 @@ class AudioEncoder:
         for packet in self._stream.encode(None):
             self._container.mux(packet)
         self._container.close()
-        return tail + self._sink.drain()
+        return tail + (self._file.getvalue() if self.whole else self._sink.drain())
 
     def close(self) -> None:
         """Release the encoder without finishing the file (the response was abandoned)."""
@@ -168,6 +182,7 @@ class AudioEncoder:
         if self._container is not None:
             self._container.close()
         self._sink.drain()
+        self._file = io.BytesIO()
 
     def _header(self) -> bytes:
         """The WAV header the first time it is asked for, else nothing."""

@@ -11,7 +11,7 @@ import click
 
 from ai_stack.config import Config, ConfigError, load_config
 from ai_stack.engines.catalog import ENGINES
-from ai_stack.sources import SourceError, cache_state, parse_source, prepare_source
+from ai_stack.sources import SourceError, cache_state, clean_stale_partials, parse_source, prepare_source
 
 
 def _load(config_path: Path | None, overrides: dict[str, Any] | None = None) -> Config:
@@ -56,6 +56,9 @@ def serve(
     import uvicorn
 
     from ai_stack.app import create_app
+    from ai_stack.http_server import uvicorn_options
+
+    clean_stale_partials(config.server.home)
 
     click.echo(
         f"ai-stack: config {config.source}; {len(config.models)} model(s); "
@@ -69,6 +72,7 @@ def serve(
         log_level=level,
         workers=1,
         timeout_graceful_shutdown=5,
+        **uvicorn_options(config),
     )
 
 
@@ -104,6 +108,8 @@ def prepare(config_path: Path | None, model_ids: tuple[str, ...]) -> None:
     if unknown:
         raise click.ClickException(f"unknown model(s): {', '.join(unknown)}; see `ai-stack models`")
     specs = [known[name] for name in model_ids] if model_ids else config.models
+    for stale in clean_stale_partials(config.server.home):
+        click.echo(f"removed {stale}, left by an interrupted run", err=True)
     failed = False
     for spec in specs:
         # `auto` may fall back to transformers (and llama.cpp reads its tokenizer from the converted folder).

@@ -85,6 +85,20 @@ class ServerConfig(BaseModel):
     allowed_hosts: list[str] = Field(default_factory=lambda: ["*"])  # Host names served (DNS rebinding)
     allow_request_chat_template: bool = False  # chat_template_kwargs.chat_template may replace the model's
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
+    # Slow or oversized clients (see ai_stack/http_server.py): seconds for a request line and headers to
+    # arrive, seconds for a whole body (then 408), seconds an idle keep-alive connection stays open, and the
+    # most bytes a request line plus headers may take.
+    header_timeout: float = Field(default=10.0, gt=0, le=3600)
+    body_timeout: float = Field(default=30.0, gt=0, le=3600)
+    keep_alive_timeout: float = Field(default=5.0, gt=0, le=3600)
+    max_header_bytes: int = Field(default=64 * 1024, ge=4096, le=16 * 1024 * 1024)
+    # Tool calls one answer may make when tool_choice forces calls with parallel_tool_calls on (small models
+    # invent extra calls, or loop, when the grammar allows any number).
+    max_parallel_tool_calls: int = Field(default=4, ge=1, le=128)
+    # Stored /v1/responses (store: true): deleted after this many days, and the oldest beyond these bounds.
+    responses_retention_days: float = Field(default=30.0, gt=0)
+    responses_max_stored: int = Field(default=10_000, ge=1)
+    responses_max_bytes: int = Field(default=256 * 1024 * 1024, ge=1024 * 1024)
 
     @field_validator("api_key")
     @classmethod

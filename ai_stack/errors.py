@@ -119,6 +119,56 @@ class ModelUnavailable(APIError):
     code = "model_not_ready"
 
 
+# Anthropic's error types by HTTP status (https://docs.anthropic.com/en/api/errors).
+_ANTHROPIC_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    413: "request_too_large",
+    415: "invalid_request_error",
+    429: "rate_limit_error",
+    529: "overloaded_error",
+}
+
+
+def anthropic_body(exc: APIError) -> dict[str, Any]:
+    """Anthropic's error body: {"type": "error", "error": {"type", "message"}}."""
+    type_ = _ANTHROPIC_TYPES.get(exc.status, "api_error" if exc.status >= 500 else "invalid_request_error")
+    return {"type": "error", "error": {"type": type_, "message": exc.message}}
+
+
+def ollama_body(exc: APIError) -> dict[str, Any]:
+    """Ollama's error body: {"error": "message"}."""
+    return {"error": exc.message}
+
+
+# llama.cpp server's error types where they differ from OpenAI's (its format_error_response).
+_LLAMA_TYPES = {
+    403: "permission_error",
+    404: "not_found_error",
+    501: "not_supported_error",
+    503: "unavailable_error",
+}
+
+
+def llama_body(exc: APIError) -> dict[str, Any]:
+    """llama.cpp server's error body: {"error": {"code": HTTP status, "message", "type"}}."""
+    type_ = _LLAMA_TYPES.get(exc.status, exc.type)
+    return {"error": {"code": exc.status, "message": exc.message, "type": type_}}
+
+
+def body_for(path: str, exc: APIError) -> dict[str, Any]:
+    """The error body in the shape of the path's API: Ollama, Anthropic, llama.cpp, else OpenAI."""
+    if path.startswith("/api/"):
+        return ollama_body(exc)
+    if path in ("/infill", "/completion"):
+        return llama_body(exc)
+    if path == "/v1/messages" or path.startswith("/v1/messages/"):
+        return anthropic_body(exc)
+    return exc.body()
+
+
 def stream_error_body(exc: Exception, model: str, doing: str) -> dict[str, Any]:
     """The error event of a stream that has begun: an APIError as it is, anything else logged and named."""
     if isinstance(exc, APIError):

@@ -1,5 +1,8 @@
 """The gateway middleware: request ids, hosts, the API key, cross-origin rules, body limits, a last 500.
 
+A body must arrive whole within `body_timeout` seconds of the app's first read (408 otherwise), so a client
+that sends headers and then trickles or withholds the body cannot hold a request open.
+
 Browsers send any page's requests to a local server, so what a page could do unseen is refused: a JSON route
 takes only a JSON content type (a cross-origin `text/plain` POST needs no CORS preflight), and loading or
 unloading models is refused from another origin unless the server has an API key (which the page must send).
@@ -7,6 +10,7 @@ unloading models is refused from another origin unless the server has an API key
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import json
 import logging
@@ -25,7 +29,7 @@ from ai_stack.errors import (
     InvalidRequest,
     PayloadTooLarge,
     UnsupportedMediaType,
-    error_body,
+    body_for,
 )
 
 log = logging.getLogger(__name__)
@@ -34,7 +38,15 @@ _REQUEST_ID = re.compile(
     r"[A-Za-z0-9._:\-]{1,128}"
 )  # a client's x-request-id is echoed only when it looks like one
 _ADMIN = re.compile(r"/v1/models/.+/(load|unload)")
-_GUARDED = ("/v1/", "/metrics")  # need the API key when one is set
+_GUARDED = ("/v1/", "/metrics", "/api/", "/infill", "/completion")  # need the API key when one is set
+_JSON_ONLY = ("/v1/", "/infill", "/completion")  # POST bodies must say they are JSON
+
+
+class RequestTimeout(InvalidRequest):
+    """408: the request body did not arrive in time."""
+
+    status = 408
+    code = "request_timeout"
 
 
 def _host_name(host: str) -> str:
@@ -65,9 +77,15 @@ class GatewayMiddleware:
     """Request ids, the API key check, the body size limit, and a last-resort 500 in OpenAI shape."""
 
     def __init__(
-        self, app: ASGIApp, api_key: str | None, max_body_bytes: int, allowed_hosts: list[str] | None = None
+        self,
+        app: ASGIApp,
+        api_key: str | None,
+        max_body_bytes: int,
+        allowed_hosts: list[str] | None = None,
+        body_timeout: float | None = 30.0,
     ) -> None:
         self.app, self.api_key, self.max_body_bytes = app, api_key, max_body_bytes
+        self.body_timeout = body_timeout
         self.allowed_hosts = None if not allowed_hosts or "*" in allowed_hosts else set(allowed_hosts)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -96,17 +114,12 @@ class GatewayMiddleware:
         except APIError as exc:
             if started:
                 raise
-            await _send_json(send, exc.status, exc.body(), {**exc.headers, **extra})
+            await _send_json(send, exc.status, body_for(scope["path"], exc), {**exc.headers, **extra})
         except Exception:
             log.exception("unhandled error on %s %s", scope["method"], scope["path"])
             if started:
                 raise
-            body = error_body(
-                "The server had an error while processing your request",
-                "server_error",
-                None,
-                "internal_error",
-            )
+            body = body_for(scope["path"], APIError("The server had an error while processing your request"))
             await _send_json(send, 500, body, {"x-should-retry": "false", **extra})
 
     def _check(self, scope: Scope, headers: dict[str, str]) -> None:
@@ -118,20 +131,27 @@ class GatewayMiddleware:
         authenticated = self.api_key is None
         if self.api_key is not None:
             auth = headers.get("authorization", "")
-            token = auth[7:].strip() if auth[:7].lower() == "bearer " else ""
+            # Bearer (OpenAI, Ollama clients) or x-api-key (Anthropic's SDK and Claude Code).
+            token = (
+                auth[7:].strip() if auth[:7].lower() == "bearer " else headers.get("x-api-key", "").strip()
+            )
             authenticated = hmac.compare_digest(token.encode(), self.api_key.encode())
             if not authenticated and path.startswith(_GUARDED) and method != "OPTIONS":
                 raise AuthenticationFailed(
-                    "Incorrect or missing API key. Send 'Authorization: Bearer YOUR_KEY'."
+                    "Incorrect or missing API key. Send 'Authorization: Bearer YOUR_KEY' "
+                    "(or 'x-api-key: YOUR_KEY')."
                 )
         scope.setdefault("state", {})["authenticated"] = authenticated
         length = headers.get("content-length")
         if length and length.isdigit() and int(length) > self.max_body_bytes:
             raise PayloadTooLarge(f"The request body is over the limit of {self.max_body_bytes} bytes")
-        if method == "POST" and path.startswith("/v1/"):
+        if method == "POST" and path.startswith((*_JSON_ONLY, "/api/")):
             content_type = headers.get("content-type")
             has_body = (length not in (None, "0")) or "transfer-encoding" in headers
-            if has_body and content_type is not None and not _is_json(content_type):
+            # Ollama's routes take `curl -d` bodies (form content type) as Ollama does, but never from a
+            # browser page: a cross-origin page always sends Origin.
+            strict = path.startswith(_JSON_ONLY) or "origin" in headers
+            if strict and has_body and content_type is not None and not _is_json(content_type):
                 raise UnsupportedMediaType(
                     f"Content-Type {content_type[:100]!r} is not JSON; send 'Content-Type: application/json'"
                 )
@@ -143,17 +163,37 @@ class GatewayMiddleware:
                 )
 
     def _limited(self, receive: Receive) -> Receive:
+        """`receive` with the body size limit and, until the body is complete, the body deadline."""
         seen = 0
+        complete = self.body_timeout is None
+        deadline: float | None = None
 
         async def wrapped() -> Message:
-            nonlocal seen
-            message = await receive()
+            nonlocal seen, complete, deadline
+            if complete:  # later reads wait for a disconnect for as long as a response takes
+                message = await receive()
+            else:
+                loop = asyncio.get_running_loop()
+                if deadline is None:
+                    assert self.body_timeout is not None
+                    deadline = loop.time() + self.body_timeout
+                try:
+                    async with asyncio.timeout_at(deadline):
+                        message = await receive()
+                except TimeoutError:
+                    raise RequestTimeout(
+                        f"The request body did not arrive within {self.body_timeout:g} seconds",
+                        headers={"connection": "close"},
+                    ) from None
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > self.max_body_bytes:
                     raise PayloadTooLarge(
                         f"The request body is over the limit of {self.max_body_bytes} bytes"
                     )
+                complete = complete or not message.get("more_body", False)
+            else:
+                complete = True
             return message
 
         return wrapped

@@ -110,15 +110,13 @@ class StreamOptions(_Lenient):
     include_usage: bool = False
 
 
-class ChatCompletionRequest(_Lenient):
-    """POST /v1/chat/completions body."""
+class SamplingRequest(_Lenient):
+    """The fields every generating route shares: model, sampling, limits, stops, n, streaming."""
 
     model: str = Field(min_length=1)
-    messages: list[ChatMessage] = Field(min_length=1)
     temperature: float | None = Field(default=None, ge=0.0, le=2.0)
     top_p: float | None = Field(default=None, gt=0.0, le=1.0)
     max_tokens: int | None = Field(default=None, ge=1)
-    max_completion_tokens: int | None = Field(default=None, ge=1)
     stop: str | list[str] | None = None
     seed: int | None = Field(default=None, ge=-(2**63), le=2**64 - 1)  # what torch's generators take
     presence_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
@@ -127,19 +125,12 @@ class ChatCompletionRequest(_Lenient):
     stream_options: StreamOptions | None = None
     user: str | None = None
     n: int = Field(default=1, ge=1, le=16)
-    logprobs: bool = False
-    top_logprobs: int | None = Field(default=None, ge=0, le=20)
     logit_bias: dict[str, float] | None = None
     response_format: ResponseFormat | None = None
     # Extras that peers accept through extra_body.
     top_k: int | None = Field(default=None, ge=0)
     min_p: float | None = Field(default=None, ge=0.0, le=1.0)
     repetition_penalty: float | None = Field(default=None, ge=0.01, le=10.0)
-    tools: list[Tool] | None = Field(default=None, max_length=128)  # OpenAI's limit
-    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
-    parallel_tool_calls: bool = True
-    reasoning_effort: Literal["none", "minimal", "low", "medium", "high"] | None = None
-    chat_template_kwargs: dict[str, Any] | None = None
 
     @field_validator("stop")
     @classmethod
@@ -164,6 +155,24 @@ class ChatCompletionRequest(_Lenient):
             if not -100.0 <= bias <= 100.0:
                 raise ValueError(f"logit_bias values must be between -100 and 100, got {bias}")
         return value
+
+    def completion_limit(self) -> int | None:
+        """The most tokens to generate, or None for the rest of the context."""
+        return self.max_tokens
+
+
+class ChatCompletionRequest(SamplingRequest):
+    """POST /v1/chat/completions body."""
+
+    messages: list[ChatMessage] = Field(min_length=1)
+    max_completion_tokens: int | None = Field(default=None, ge=1)
+    logprobs: bool = False
+    top_logprobs: int | None = Field(default=None, ge=0, le=20)
+    tools: list[Tool] | None = Field(default=None, max_length=128)  # OpenAI's limit
+    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
+    parallel_tool_calls: bool = True
+    reasoning_effort: Literal["none", "minimal", "low", "medium", "high"] | None = None
+    chat_template_kwargs: dict[str, Any] | None = None
 
     @model_validator(mode="after")
     def _consistent(self) -> ChatCompletionRequest:

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import cast
 
@@ -58,6 +59,13 @@ class ModelRegistry:
         self._names = {name: spec.id for spec in config.models for name in spec.names}
         # One load at a time: on a small machine parallel loads only fight over cores and memory.
         self._load_lock = asyncio.Lock()
+        # keep_alive (Ollama's API): seconds a model stays loaded once idle. A model without one stays loaded
+        # until it is unloaded; one keep_alive holds until the model is unloaded. One slot per model at most.
+        self._keep_alive: dict[str, float] = {}
+        self._expires: dict[str, float] = {}  # model id -> monotonic time to unload it (idle models only)
+        self._busy: dict[str, int] = {}  # model id -> requests generating with it now
+        self._wake = asyncio.Event()
+        self._reaper: asyncio.Task[None] | None = None
 
     def lookup(self, name: str) -> ModelEntry:
         """The entry for an id or alias; ModelNotFound otherwise (never a fallback to another model)."""
@@ -71,6 +79,72 @@ class ModelRegistry:
         for entry in self.entries.values():
             if entry.spec.autoload:
                 self.load(entry.spec.id)
+        self._reaper = asyncio.create_task(self._unload_idle(), name="keep-alive")
+
+    def keep_alive(self, name: str, seconds: float) -> None:
+        """How long a model stays loaded once idle: negative = until unloaded, 0 = unload when idle now."""
+        model_id = self.lookup(name).spec.id
+        if seconds < 0:
+            self._keep_alive.pop(model_id, None)
+            self._expires.pop(model_id, None)
+            return
+        self._keep_alive[model_id] = seconds
+        if not self._busy.get(model_id):
+            self._expires[model_id] = time.monotonic() + seconds
+            self._wake.set()
+
+    @contextlib.contextmanager
+    def in_use(self, model_id: str) -> Iterator[None]:
+        """Mark a model busy while a request generates with it; its keep-alive counts from the end."""
+        self._busy[model_id] = self._busy.get(model_id, 0) + 1
+        self._expires.pop(model_id, None)
+        try:
+            yield
+        finally:
+            left = self._busy.pop(model_id) - 1
+            if left:
+                self._busy[model_id] = left
+            elif model_id in self._keep_alive:
+                self._expires[model_id] = time.monotonic() + self._keep_alive[model_id]
+                self._wake.set()
+
+    def busy(self, model_id: str) -> bool:
+        """Whether a request is generating with the model now."""
+        return bool(self._busy.get(model_id))
+
+    def expires_at(self, model_id: str) -> float | None:
+        """When the model will be unloaded if left idle (Unix time), or None: it stays loaded."""
+        if model_id not in self._keep_alive:
+            return None
+        deadline = self._expires.get(model_id)
+        if deadline is None:  # busy: its keep-alive starts when the request ends
+            return time.time() + self._keep_alive[model_id]
+        return time.time() + max(0.0, deadline - time.monotonic())
+
+    async def _unload_idle(self) -> None:
+        """Unload each model whose keep-alive has run out, sleeping until the next one is due."""
+        while True:
+            self._wake.clear()
+            now = time.monotonic()
+            for model_id, deadline in list(self._expires.items()):
+                if deadline > now or self._busy.get(model_id):
+                    continue
+                entry = self.entries[model_id]
+                if entry.state == ModelState.LOADING:
+                    self._expires[model_id] = now + 1.0  # due once it is loaded
+                    continue
+                self._expires.pop(model_id, None)
+                self._keep_alive.pop(model_id, None)
+                if entry.state == ModelState.READY:
+                    log.info("model %s idle past its keep_alive: unloading", model_id)
+                    try:
+                        await self.unload(model_id)
+                    except Exception:
+                        log.exception("unloading idle model %s failed", model_id)
+            due = [d for m, d in self._expires.items() if not self._busy.get(m)]
+            timeout = max(0.0, min(due) - time.monotonic()) if due else None
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout)
 
     def load(self, name: str) -> ModelEntry:
         """Start loading a model unless it is ready or loading; returns at once."""
@@ -109,6 +183,8 @@ class ModelRegistry:
             )
         engine, entry.engine = entry.engine, None
         entry.state, entry.error = ModelState.UNLOADED, None
+        self._keep_alive.pop(entry.spec.id, None)  # a keep_alive holds for one load
+        self._expires.pop(entry.spec.id, None)
         if engine is not None:
             await asyncio.to_thread(engine.close)
             log.info("model %s unloaded", entry.spec.id)
@@ -161,6 +237,8 @@ class ModelRegistry:
 
     async def close(self) -> None:
         """Cancel pending loads and unload every model."""
+        if self._reaper is not None:
+            self._reaper.cancel()
         for entry in self.entries.values():
             if entry.task is not None and not entry.task.done():
                 entry.task.cancel()

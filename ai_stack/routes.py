@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar, cast
 
 from pydantic import BaseModel, ValidationError
@@ -11,7 +12,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import BaseRoute, Route
 
 from ai_stack.config import Config
-from ai_stack.engines.base import ChatEngine, SpeechEngine
+from ai_stack.engines.base import ChatEngine
 from ai_stack.errors import InvalidRequest
 from ai_stack.json_body import load_json
 from ai_stack.protocol import ChatCompletionRequest, ModelCard, ModelList, SpeechRequest
@@ -39,6 +40,16 @@ async def parse_body(request: Request, schema: type[M]) -> M:
         elif param:
             message = f"Invalid value for '{param}': {message}"
         raise InvalidRequest(message, param=param, code="invalid_value") from None
+
+
+def disconnect_waiter(request: Request) -> Callable[[], Awaitable[None]]:
+    """A coroutine function that returns once the client has disconnected (for ChatService.collect)."""
+
+    async def wait_disconnect() -> None:
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+
+    return wait_disconnect
 
 
 def model_card(entry: ModelEntry) -> ModelCard:
@@ -99,12 +110,8 @@ async def chat_completions(request: Request) -> Response:
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         )
 
-    async def wait_disconnect() -> None:
-        while (await request.receive())["type"] != "http.disconnect":
-            pass
-
     try:
-        completion = await service.complete(chat, wait_disconnect)
+        completion = await service.complete(chat, disconnect_waiter(request))
     except ClientDisconnected:
         return Response(status_code=499)
     return JSONResponse(completion)
@@ -170,15 +177,19 @@ async def audio_models(request: Request) -> Response:
 
 
 async def audio_voices(request: Request) -> Response:
-    """GET /v1/audio/voices[?model=ID]: the voices of every speech model (or one)."""
+    """GET /v1/audio/voices[?model=ID]: the voices of every speech model (or one), loaded or not."""
     registry = _registry(request)
+    service: SpeechService = request.app.state.speech
     name = request.query_params.get("model")
     entries = [registry.lookup(name)] if name else list(registry.entries.values())
     voices: list[dict[str, Any]] = []
     for entry in entries:
         if entry.spec.kind != "speech":
             continue
-        if entry.state == ModelState.READY and entry.engine is not None:
+        state = entry.state.value
+        # A model not loaded yet lists the voices its files name (read without loading it).
+        known = service.voices_of(entry)
+        if known is not None:
             voices += [
                 {
                     "id": v.id,
@@ -186,12 +197,12 @@ async def audio_voices(request: Request) -> Response:
                     "model": entry.spec.id,
                     "language": v.language,
                     "description": v.description,
-                    "state": entry.state.value,
+                    "state": state,
                 }
-                for v in cast(SpeechEngine, entry.engine).voices()
+                for v in known
             ]
             continue
-        # Not loaded: its voices are unknown until it loads; name the ones its config mentions.
+        # Its files cannot be read before it loads: name the voices its config mentions.
         options = speech_options(entry)
         named = [options.default_voice, *options.voice_map.values()]
         for voice in dict.fromkeys(str(v) for v in named if v):
@@ -203,7 +214,7 @@ async def audio_voices(request: Request) -> Response:
                     "model": entry.spec.id,
                     "language": None,
                     "description": description,
-                    "state": entry.state.value,
+                    "state": state,
                 }
             )
     return JSONResponse({"voices": voices})

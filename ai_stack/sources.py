@@ -1,7 +1,9 @@
 """Where model weights come from: hub ids, local folders, GGUF files and the embedded default model.
 
 GGUF files are de-quantized to a bf16 Hugging Face folder once, written atomically under AI_STACK_HOME, so
-that later starts load safetensors in seconds.
+that later starts load safetensors in seconds. Work in progress is written to `.NAME.partial-PID-*` temp files
+and folders beside its target; the next `prepare` or `serve` removes those whose process is gone (a killed
+run), and leaves a running conversion's alone.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import importlib.util
 import json
 import logging
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -27,6 +30,7 @@ log = logging.getLogger(__name__)
 
 CACHE_MARKER = "ai-stack-cache.json"
 CACHE_FORMAT = 1
+_PARTIAL = re.compile(r"\.partial-(\d+)-")  # in the name of a temp file or folder: the pid that writes it
 
 
 @dataclass(frozen=True)
@@ -109,6 +113,49 @@ def file_lock(path: Path) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
+def partial_prefix(target: Path) -> str:
+    """The temp-name prefix for work toward target: `.NAME.partial-PID-` (see clean_stale_partials)."""
+    return f".{target.name}.partial-{os.getpid()}-"
+
+
+def _process_alive(pid: int) -> bool:
+    """Whether a process with this pid exists (one of another user counts as alive)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def clean_stale_partials(home: Path) -> list[Path]:
+    """Remove the temp files and folders of killed runs under home (their pid is gone); return them."""
+    removed: list[Path] = []
+    if not home.is_dir():
+        return removed
+    for path in sorted(home.glob("*/.*.partial-*")):  # beside their targets: embedded/, converted/
+        match = _PARTIAL.search(path.name)
+        if match is None:
+            continue
+        pid = int(match.group(1))
+        if pid == os.getpid() or _process_alive(pid):
+            continue
+        try:
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path)
+            else:
+                path.unlink()
+        except FileNotFoundError:
+            continue  # another run cleaned it first
+        except OSError as exc:
+            log.warning("cannot remove the stale temp file %s: %s", path, exc)
+            continue
+        log.info("removed %s, left by a run (pid %d) that did not finish", path, pid)
+        removed.append(path)
+    return removed
+
+
 def _package_part(package: str, index: int) -> Path:
     spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:
@@ -136,7 +183,7 @@ def assemble_embedded(model: EmbeddedModel, home: Path, progress: bool = True) -
         parts = [_package_part(package, i) for i, package in enumerate(model.packages, start=1)]
         target.parent.mkdir(parents=True, exist_ok=True)
         digest = hashlib.sha256()
-        fd, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=".assemble-")
+        fd, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=partial_prefix(target))
         try:
             with (
                 os.fdopen(fd, "wb") as out,
@@ -211,7 +258,7 @@ def convert_gguf(gguf: Path, target: Path, progress: bool = True) -> Path:
         model.hf_quantizer = None  # type: ignore[assignment]
         if hasattr(model.config, "quantization_config"):
             del model.config.quantization_config
-        tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}-"))
+        tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=partial_prefix(target)))
         try:
             model.save_pretrained(tmp, safe_serialization=True)
             tokenizer.save_pretrained(tmp)

@@ -6,6 +6,8 @@ Also the embedded speech engines (loaded once per run) and assert_error, the che
 from __future__ import annotations
 
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -19,7 +21,7 @@ from starlette.applications import Starlette
 from starlette.testclient import TestClient
 
 from ai_stack.app import create_app
-from ai_stack.config import Config
+from ai_stack.config import Config, default_config_path, load_config
 from ai_stack.engines.kokoro_onnx import KokoroOnnxEngine, load_kokoro_onnx
 from ai_stack.engines.piper import PiperEngine, load_piper
 from tests.tiny_models import build_tiny_model
@@ -177,3 +179,48 @@ def live_server(tmp_path: Path) -> Iterator[Callable[..., LiveServer]]:
     yield build
     for live in servers:
         live.__exit__()
+
+
+DEFAULT_CHAT_MODEL = "qwen2.5-coder-0.5b-instruct"
+
+
+@pytest.fixture(scope="session")
+def default_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """One `ai-stack serve` for the session: the default chat model (alias default) and Piper (alias tts-1).
+
+    The models are those `make install` caches; tests that use this server are marked slow.
+    """
+    default = load_config(default_config_path())
+    spec = next(s for s in default.models if s.id == DEFAULT_CHAT_MODEL)
+    config = tmp_path_factory.mktemp("serve") / "chat.toml"
+    config.write_text(
+        f'[server]\nhome = "{default.server.home}"\n\n[[models]]\nid = "{spec.id}"\naliases = ["default"]\n'
+        f'source = "{spec.source}"\n\n'
+        '[[models]]\nid = "piper-joe"\naliases = ["tts-1"]\nkind = "speech"\nengine = "piper"\n'
+        'source = "embedded:en_US-joe-medium"\n'
+    )
+    port = free_port()
+    log = (config.parent / "serve.log").open("w")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "ai_stack", "serve", "--config", str(config), "--port", str(port)],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 900  # a first start converts the GGUF (about a minute here)
+        while time.monotonic() < deadline:
+            assert proc.poll() is None, (config.parent / "serve.log").read_text()
+            try:
+                if httpx.get(f"{url}/health/ready", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            time.sleep(0.5)
+        models = httpx.get(f"{url}/v1/models").json()["data"]
+        assert all(m["state"] == "ready" for m in models), models
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(30)
+        log.close()

@@ -11,7 +11,7 @@ import numpy.typing as npt
 import pytest
 import soundfile as sf
 
-from ai_stack.audio import FORMATS, PCM_SAMPLE_RATE, AudioEncoder
+from ai_stack.audio import FORMATS, PCM_SAMPLE_RATE, WHOLE_FORMATS, AudioEncoder
 
 RATE = 22050  # Piper's rate: not the 24 kHz of pcm nor the 48 kHz of opus, so both resample
 SECONDS = 2.5
@@ -73,8 +73,10 @@ def test_formats_and_content_types() -> None:
 def test_streamed_chunks_form_one_decodable_file(fmt: str) -> None:
     """Chunks emitted along the way concatenate to one file with the input's duration and level."""
     chunks = encode_chunked(fmt, sine())
-    # Incremental: bytes come out while audio is still arriving, not all at finish().
-    assert sum(1 for c in chunks[:-1] if c) >= len(chunks) // 2
+    if fmt in WHOLE_FORMATS:  # its header needs the total length: the whole file comes at finish()
+        assert not any(chunks[:-1]) and chunks[-1]
+    else:  # incremental: bytes come out while audio is still arriving, not all at finish()
+        assert sum(1 for c in chunks[:-1] if c) >= len(chunks) // 2
     samples, rate = decode(fmt, b"".join(chunks))
     assert rate == DECODED_RATE[fmt]
     duration = len(samples) / rate
@@ -166,3 +168,40 @@ def test_close_abandons_a_stream(fmt: str) -> None:
     encoder.close()
     encoder.close()
     assert encoder.finish() == b""
+
+
+# libsndfile reads these (not AAC); pcm is read as headerless 16-bit at 24 kHz.
+SOUNDFILE_FORMATS = {
+    "wav": {},
+    "flac": {},
+    "mp3": {},
+    "opus": {},
+    "pcm": {"format": "RAW", "subtype": "PCM_16"},
+}
+
+
+@pytest.mark.parametrize("fmt", list(SOUNDFILE_FORMATS))
+def test_soundfile_reads_every_format_it_supports_with_the_right_duration(fmt: str) -> None:
+    """libsndfile (soundfile) gets the true duration from the header and reads all the samples."""
+    data = b"".join(encode_chunked(fmt, sine()))
+    extra = SOUNDFILE_FORMATS[fmt]
+    if extra:
+        extra = {**extra, "samplerate": PCM_SAMPLE_RATE, "channels": 1}
+    if fmt in ("flac", "wav"):
+        info = sf.info(io.BytesIO(data))
+        assert info.frames == int(SECONDS * RATE) and abs(info.duration - SECONDS) < 0.001, info
+    samples, rate = sf.read(io.BytesIO(data), dtype="float32", **extra)
+    assert rate == DECODED_RATE[fmt]
+    assert SECONDS - 0.001 <= len(samples) / rate <= SECONDS + SLACK_S[fmt] + 0.001, len(samples) / rate
+    assert rms(samples) > 0.1
+
+
+def test_flac_header_carries_the_total_sample_count() -> None:
+    """STREAMINFO's 36-bit total-samples field is set (0 means unknown and makes readers guess)."""
+    data = b"".join(encode_chunked("flac", sine()))
+    assert data[:4] == b"fLaC"
+    streaminfo = data[8:42]  # after the marker and the 4-byte metadata block header
+    total = int.from_bytes(streaminfo[13:18], "big") & 0xFFFFFFFFF
+    assert total == int(SECONDS * RATE)
+    with av.open(io.BytesIO(data)) as container:
+        assert abs(container.duration / 1_000_000 - SECONDS) < 0.01

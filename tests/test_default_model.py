@@ -5,14 +5,9 @@ from __future__ import annotations
 import io
 import json
 import math
-import subprocess
-import sys
-import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import av
-import httpx
 import jsonschema
 import openai
 import pytest
@@ -20,7 +15,6 @@ from transformers import AutoTokenizer
 
 from ai_stack.config import default_config_path, load_config
 from ai_stack.sources import converted_dir, parse_source
-from tests.conftest import free_port
 
 pytestmark = pytest.mark.slow
 MODEL = "qwen2.5-coder-0.5b-instruct"
@@ -28,42 +22,8 @@ FRANCE = [{"role": "user", "content": "What is the capital of France? Answer in 
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """`ai-stack serve` on a free port with the default chat model only (cached by `make install`)."""
-    default = load_config(default_config_path())
-    spec = next(s for s in default.models if s.id == MODEL)
-    config = tmp_path_factory.mktemp("serve") / "chat.toml"
-    config.write_text(
-        f'[server]\nhome = "{default.server.home}"\n\n[[models]]\nid = "{spec.id}"\naliases = ["default"]\n'
-        f'source = "{spec.source}"\n\n'
-        '[[models]]\nid = "piper-joe"\naliases = ["tts-1"]\nkind = "speech"\nengine = "piper"\n'
-        'source = "embedded:en_US-joe-medium"\n'
-    )
-    port = free_port()
-    log = (config.parent / "serve.log").open("w")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "ai_stack", "serve", "--config", str(config), "--port", str(port)],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 900  # a first start converts the GGUF (about a minute here)
-        while time.monotonic() < deadline:
-            assert proc.poll() is None, (config.parent / "serve.log").read_text()
-            try:
-                if httpx.get(f"{url}/health/ready", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            time.sleep(0.5)
-        models = httpx.get(f"{url}/v1/models").json()["data"]
-        assert all(m["state"] == "ready" for m in models), models
-        yield url
-    finally:
-        proc.terminate()
-        proc.wait(30)
-        log.close()
+def server(default_server: str) -> str:
+    return default_server
 
 
 @pytest.fixture(scope="module")

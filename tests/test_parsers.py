@@ -13,6 +13,7 @@ import itertools
 import json
 import random
 import re
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,7 @@ from ai_stack.serving.parsers import (
     new_tool_call_id,
     prompt_opens_reasoning,
 )
+from ai_stack.serving.tool_parsers.fenced import HEAD_LIMIT, TAIL_LIMIT, FencedCallReader
 
 TEMPLATES = Path(__file__).parent / "fixtures" / "chat_templates"
 ID_RE = re.compile(r"call_[A-Za-z0-9]{24}")
@@ -727,3 +729,205 @@ def test_hermes_accepts_a_bare_json_call_at_the_start() -> None:
         ['Use {"name": "get_weather", "arguments": {}}'], tool_format="hermes", reasoning=False
     )
     assert calls == [] and content.startswith("Use {")
+
+
+# --- a whole answer that is one tool call in a Markdown code block (issue 22)
+
+# Qwen2.5-Coder-0.5B's answer to "What is the weather in Paris?" with get_weather offered, as recorded.
+FENCED_PARIS = '```json\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n```'
+WEATHER_SCHEMA = {
+    "type": "object",
+    "properties": {"city": {"type": "string"}, "unit": {"enum": ["celsius", "fahrenheit"]}},
+    "required": ["city"],
+}
+OFFERED: dict[str, Any] = {
+    "tool_names": {"get_weather", "get_time"},
+    "tool_schemas": {"get_weather": WEATHER_SCHEMA, "get_time": None},
+}
+FENCE_CASES = [
+    Case("fenced_recorded_qwen_coder", FENCED_PARIS, {**HERMES, **OFFERED}, calls=[PARIS]),
+    Case("fenced_surrounding_whitespace", "\n" + FENCED_PARIS + "\n\n", {**HERMES, **OFFERED}, calls=[PARIS]),
+    Case(
+        "fenced_plain_fence_upper_lang_parameters",
+        '```\n{"name": "get_weather", "parameters": {"city": "Paris"}}```',
+        {**HERMES, **OFFERED},
+        calls=[PARIS],
+    ),
+    Case(
+        "fenced_JSON_info_string",
+        '```JSON\n{"name":"get_time"}\n```',
+        {**HERMES, **OFFERED},
+        calls=[("get_time", "{}")],
+    ),
+    Case(
+        "fenced_array_of_calls",
+        '```json\n[{"name": "get_weather", "arguments": {"city": "Paris"}}, '
+        '{"name": "get_time", "arguments": {}}]\n```',
+        {**HERMES, **OFFERED},
+        calls=[PARIS, ("get_time", "{}")],
+    ),
+    Case(
+        "fenced_array_parallel_off_keeps_first",
+        '```json\n[{"name": "get_weather", "arguments": {"city": "Paris"}}, '
+        '{"name": "get_time", "arguments": {}}]\n```',
+        {**HERMES, **OFFERED, "parallel_tool_calls": False},
+        calls=[PARIS],
+    ),
+    Case("fenced_llama3", FENCED_PARIS, {**LLAMA, **OFFERED}, calls=[PARIS]),
+    Case("fenced_mistral", FENCED_PARIS, {**MISTRAL, **OFFERED}, calls=[PARIS]),
+    Case(
+        "fenced_after_reasoning",
+        "<think>\nThe user wants weather.\n</think>\n\n" + FENCED_PARIS,
+        {**QWEN3, **OFFERED},
+        reasoning="The user wants weather.",
+        calls=[PARIS],
+    ),
+    # --- everything else stays text, byte for byte
+    Case(
+        "fenced_then_text",
+        FENCED_PARIS + "\nThis calls the weather tool.",
+        {**HERMES, **OFFERED},
+        content=FENCED_PARIS + "\nThis calls the weather tool.",
+    ),
+    Case(
+        "fenced_after_text",
+        "Call it like this:\n" + FENCED_PARIS,
+        {**HERMES, **OFFERED},
+        content="Call it like this:\n" + FENCED_PARIS,
+    ),
+    Case(
+        "fenced_unknown_tool",
+        FENCED_PARIS.replace("get_weather", "get_forecast"),
+        {**HERMES, **OFFERED},
+        content=FENCED_PARIS.replace("get_weather", "get_forecast"),
+    ),
+    Case(
+        "fenced_arguments_against_schema",
+        '```json\n{"name": "get_weather", "arguments": {"location": "Paris"}}\n```',
+        {**HERMES, **OFFERED},
+        content='```json\n{"name": "get_weather", "arguments": {"location": "Paris"}}\n```',
+    ),
+    Case(
+        "fenced_extra_key",
+        '```json\n{"name": "get_time", "arguments": {}, "result": "noon"}\n```',
+        {**HERMES, **OFFERED},
+        content='```json\n{"name": "get_time", "arguments": {}, "result": "noon"}\n```',
+    ),
+    Case(
+        "fenced_unclosed",
+        '```json\n{"name": "get_time", "arguments": {}}\n',
+        {**HERMES, **OFFERED},
+        content='```json\n{"name": "get_time", "arguments": {}}\n',
+    ),
+    Case(
+        "fenced_array_with_a_bad_call",
+        '```json\n[{"name": "get_time", "arguments": {}}, {"name": "nope", "arguments": {}}]\n```',
+        {**HERMES, **OFFERED},
+        content='```json\n[{"name": "get_time", "arguments": {}}, {"name": "nope", "arguments": {}}]\n```',
+    ),
+    Case(
+        "fenced_python_code",
+        "```python\nprint(get_weather('Paris'))\n```",
+        {**HERMES, **OFFERED},
+        content="```python\nprint(get_weather('Paris'))\n```",
+    ),
+    Case(
+        "fenced_json_data",
+        '```json\n{"city": "Paris", "name": "get_time"}\n```',
+        {**HERMES, **OFFERED},
+        content='```json\n{"city": "Paris", "name": "get_time"}\n```',
+    ),
+    Case(
+        "fenced_without_tool_format",
+        FENCED_PARIS,
+        {"tool_format": None, "reasoning": False},
+        content=FENCED_PARIS,
+    ),
+    Case(
+        "fenced_hermes_tags_inside_other_fence",
+        "```xml\n" + WEATHER_DALLAS + "\n```",
+        HERMES,
+        content="```xml```",  # whitespace around a call is not content
+        calls=[DALLAS],
+    ),
+]
+
+
+@pytest.mark.parametrize("case", FENCE_CASES, ids=[c.id for c in FENCE_CASES])
+def test_fenced_outputs_any_split(case: Case) -> None:
+    """A fenced call parses the same however it is cut; anything that is not one is kept as text."""
+    expected = (case.content, case.reasoning, case.calls)
+    for pieces in splits(case.text):
+        assert run(pieces, **case.kwargs) == expected, pieces
+
+
+def test_fenced_call_is_not_leaked_while_streaming() -> None:
+    """Token by token, a fenced call shows nothing as content before it turns into the call at the end."""
+    parser = OutputParser("hermes", False, **OFFERED)
+    for i in range(0, len(FENCED_PARIS), 3):
+        delta = parser.feed(FENCED_PARIS[i : i + 3])
+        assert delta == ParsedDelta(), (i, delta)
+    end = parser.finish()
+    assert end.content == "" and [(c.name, c.arguments) for c in end.tool_calls] == [PARIS]
+
+
+@pytest.mark.parametrize(
+    ("text", "decided_at"),
+    [
+        ("```python\nprint(1)\n```\n", "```p"),
+        ('```json\n{"a": 1}\n```\n', '```json\n{"a'),
+        ('```json\n{"name": "Ada"}\n```\n', '```json\n{"name": "A'),
+        ("```\nls -la\n```\n", "```\nl"),
+        ("```js\nlet x\n```\n", "```js\n"),
+        ("Here it is:\n```json\n{}\n```\n", "H"),
+    ],
+)
+def test_code_fences_stream_promptly(text: str, decided_at: str) -> None:
+    """Ordinary code blocks are held only until they can no longer be a fenced call of an offered tool."""
+    assert text.startswith(decided_at)
+    parser = OutputParser("hermes", False, **OFFERED)
+    shown = "".join(parser.feed(char).content for char in decided_at[:-1])
+    assert shown == ""  # it could still be a call
+    shown += parser.feed(decided_at[-1]).content
+    assert shown and decided_at.startswith(shown)  # released at once (trailing whitespace may wait)
+    rest = text[len(decided_at) :]
+    shown += "".join(parser.feed(char).content for char in rest)
+    assert shown == text.rstrip("\n")
+    assert shown + parser.finish().content == text
+
+
+FENCE_FRAGMENTS = [
+    "```", "```json\n", "```JSON\n", "``", "`", "\n", " ",
+    '{"name": "get_weather", "arguments": {"city": "P"}}', '{"name": "get_time"}',
+    '[{"name": "get_time", "arguments": {}}]', '{"name": "x"}', "[", "]", "{", "}", '"', "json",
+    "<tool_call>", "</tool_call>", "abc",
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("fmt", ["hermes", "llama3_json", "mistral"])
+def test_fence_split_invariance_fuzz(fmt: str) -> None:
+    """Random mixes of fences, calls and prose parse the same whole and in pieces."""
+    rng = random.Random(f"fence-{fmt}")
+    for _ in range(150):
+        text = "".join(rng.choice(FENCE_FRAGMENTS) for _ in range(rng.randint(1, 8)))
+        kwargs: dict[str, Any] = {"tool_format": fmt, "reasoning": False, **OFFERED}
+        kwargs["parallel_tool_calls"] = rng.random() < 0.7
+        expected = run([text], **kwargs)
+        for pieces in [list(text), *splits(text, seed=rng.randint(0, 10**6), rounds=4)[2:]]:
+            assert run(pieces, **kwargs) == expected, (text, kwargs, pieces)
+
+
+def test_fence_check_is_bounded() -> None:
+    """The call's name must come within HEAD_LIMIT characters and the fence close right after the JSON."""
+    far = "\n" * HEAD_LIMIT + FENCED_PARIS
+    content, _, calls = run(list(far), tool_format="hermes", reasoning=False, **OFFERED)
+    assert calls == [] and content.strip() == FENCED_PARIS
+    late = FENCED_PARIS[:-3] + " " * TAIL_LIMIT + "```"
+    content, _, calls = run(list(late), tool_format="hermes", reasoning=False, **OFFERED)
+    assert calls == [] and content == late
+    # A flood of whitespace, token by token, is not rescanned from the start each time.
+    reader = FencedCallReader({"get_weather"}, None)
+    started = time.monotonic()
+    passed = "".join(reader.feed(" ")[0] for _ in range(20000))
+    assert time.monotonic() - started < 2
+    assert passed == " " * 20000 and reader.finish() == ("", [])

@@ -12,8 +12,10 @@ import av
 import numpy as np
 import numpy.typing as npt
 import pytest
+import soundfile as sf
 from starlette.testclient import TestClient
 
+from ai_stack.audio import WHOLE_FORMATS
 from tests.conftest import FAKE, LiveServer, assert_error, wait_ready
 
 PIPER: dict[str, Any] = {
@@ -150,7 +152,10 @@ def test_streamed_equals_buffered(exact_client: TestClient, fmt: str) -> None:
     buffered_samples, _ = decode(buffered.content, fmt)
     streamed_samples, rate = decode(streamed, fmt)
     assert_speech(streamed_samples, rate, RATES[fmt])
-    assert len(parts) > 1  # it really arrived in pieces
+    if fmt in WHOLE_FORMATS:  # FLAC's header needs the total length: the file comes whole, at the end
+        assert len(parts) == 1
+    else:
+        assert len(parts) > 1  # it really arrived in pieces
     assert streamed_samples.size == buffered_samples.size
 
 
@@ -367,3 +372,109 @@ def test_audio_models_lists_the_speech_models(fake_client: TestClient) -> None:
             }
         ]
     }
+
+
+# libsndfile reads every format but AAC; pcm as headerless 16-bit 24 kHz mono.
+SOUNDFILE_READS = {
+    "wav": {},
+    "flac": {},
+    "mp3": {},
+    "opus": {},
+    "pcm": {"format": "RAW", "subtype": "PCM_16"},
+}
+
+
+@pytest.mark.parametrize("fmt", list(RATES))
+def test_every_format_reads_in_soundfile_and_pyav_with_its_duration(
+    fake_client: TestClient, fmt: str
+) -> None:
+    """The tone of a known length (20 ms a character) decodes to that length in both readers."""
+    body = {"model": "fake-voice", "voice": "fake-a", "input": LONG, "response_format": fmt}
+    response = fake_client.post("/v1/audio/speech", json=body)
+    assert response.status_code == 200, response.text
+    expected = len(LONG) * 0.02
+    samples, rate = decode(response.content, fmt)
+    assert rate == (RATES[fmt] if fmt in ("opus", "pcm") else 24000)
+    assert expected - 0.05 <= samples.size / rate <= expected + 0.15
+    if fmt in SOUNDFILE_READS:
+        extra = SOUNDFILE_READS[fmt]
+        if extra:
+            extra = {**extra, "samplerate": 24000, "channels": 1}
+        else:
+            assert abs(sf.info(io.BytesIO(response.content)).duration - expected) < 0.15
+        read, read_rate = sf.read(io.BytesIO(response.content), dtype="float32", **extra)
+        assert read_rate == rate
+        assert expected - 0.05 <= read.size / read_rate <= expected + 0.15
+
+
+def test_flac_comes_whole_in_sse_too(fake_client: TestClient) -> None:
+    """stream_format sse with flac: one delta holding the whole file, then done."""
+    body = {"model": "fake-voice", "voice": "fake-a", "input": LONG, "response_format": "flac"}
+    response = fake_client.post("/v1/audio/speech", json={**body, "stream_format": "sse"})
+    events = [json.loads(line[6:]) for line in response.text.splitlines() if line.startswith("data: ")]
+    assert [e["type"] for e in events] == ["speech.audio.delta", "speech.audio.done"]
+    read, rate = sf.read(io.BytesIO(base64.b64decode(events[0]["audio"])), dtype="float32")
+    assert abs(read.size / rate - len(LONG) * 0.02) < 0.15
+
+
+OTHER_VOICE: dict[str, Any] = {
+    "id": "other-voice",
+    "kind": "speech",
+    "engine": "fake-speech",
+    "source": "fake:",
+    "options": {"voices": ["deep", "deeper"]},
+}
+TTS1_VOICE: dict[str, Any] = {**FAKE_SPEECH, "aliases": ["tts-1", "tts-fake"]}
+
+
+def test_a_generic_alias_reaches_the_voices_of_every_speech_model(
+    app_client: Callable[..., TestClient],
+) -> None:
+    """`tts-1` with another model's voice is served by that model; its own voices and OpenAI names stay."""
+    client = app_client([TTS1_VOICE, OTHER_VOICE])
+    wait_ready(client, "fake-voice")
+    wait_ready(client, "other-voice")
+    entries = client.app.state.registry.entries  # type: ignore[attr-defined]
+    own, other = entries["fake-voice"].engine, entries["other-voice"].engine
+    for voice, engine in [("deep", other), ("deep(1)+deeper(1)", other), ("fake-b", own), ("alloy", own)]:
+        body = {"model": "tts-1", "voice": voice, "input": "Hi there.", "response_format": "wav"}
+        before = len(engine.spoken)
+        assert client.post("/v1/audio/speech", json=body).status_code == 200, voice
+        assert len(engine.spoken) == before + 1, voice
+    # Only a generic name routes: a model named by its id or its own alias keeps its own voices.
+    for model in ("fake-voice", "tts-fake"):
+        response = client.post("/v1/audio/speech", json={"model": model, "voice": "deep", "input": "Hi."})
+        assert "fake-a, fake-b" in assert_error(response, 400, "invalid_value", "voice")["message"]
+    response = client.post("/v1/audio/speech", json={"model": "tts-1", "voice": "nobody", "input": "Hi."})
+    assert "fake-a, fake-b" in assert_error(response, 400, "invalid_value", "voice")["message"]
+
+
+def test_a_generic_alias_waits_for_the_model_whose_voice_it_asks_for(
+    app_client: Callable[..., TestClient],
+) -> None:
+    """The voice's model still loading: 503 model_loading naming it (its voices are known from its files)."""
+    client = app_client([TTS1_VOICE, {**OTHER_VOICE, "options": {"voices": ["deep"], "load_delay": 30}}])
+    wait_ready(client, "fake-voice")
+    response = client.post("/v1/audio/speech", json={"model": "tts-1", "voice": "deep", "input": "Hi."})
+    error = assert_error(response, 503, "model_loading", "model")
+    assert "other-voice" in error["message"]
+
+
+def test_voices_are_listed_while_their_models_load(app_client: Callable[..., TestClient]) -> None:
+    """Voices come from the engines' files, without loading: Piper's JSON, Kokoro's voices archive."""
+    slow = {**FAKE_SPEECH, "options": {"voices": ["v1", "v2"], "load_delay": 30}}
+    piper = {**PIPER, "autoload": False}
+    kokoro = {**KOKORO_ONNX, "autoload": False}
+    client = app_client([slow, piper, kokoro])
+    voices = client.get("/v1/audio/voices").json()["voices"]
+    by_model: dict[str, list[dict[str, Any]]] = {}
+    for voice in voices:
+        by_model.setdefault(voice["model"], []).append(voice)
+    assert [(v["id"], v["state"]) for v in by_model["fake-voice"]] == [("v1", "loading"), ("v2", "loading")]
+    assert [(v["id"], v["state"]) for v in by_model["piper-joe"]] == [("en_US-joe-medium", "unloaded")]
+    assert by_model["piper-joe"][0]["language"].startswith("en")
+    kokoro_ids = {v["id"] for v in by_model["kokoro-ja"]}
+    assert {"jf_alpha", "jm_kumo"} <= kokoro_ids
+    assert {v["state"] for v in by_model["kokoro-ja"]} == {"unloaded"}
+    states = {m["id"]: m["state"] for m in client.get("/v1/models").json()["data"]}
+    assert states == {"fake-voice": "loading", "piper-joe": "unloaded", "kokoro-ja": "unloaded"}

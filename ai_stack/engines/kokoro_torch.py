@@ -175,6 +175,14 @@ def load_kokoro_torch(
 # Engine name (as a model spec's `engine`) -> loader; a new backend adds its loader here.
 
 
+def list_voices(spec: ModelSpec, config: Config, options: KokoroOptions) -> list[VoiceInfo]:
+    """The `.pt` voices in options.voices_dir, as the loaded engine lists them (nothing is read)."""
+    voices_dir = config_path(config, options.voices_dir, "options.voices_dir")
+    if voices_dir is None or not Path(voices_dir).is_dir():
+        raise FileNotFoundError(f"Kokoro voices folder not found: {voices_dir}")
+    return [kokoro_voice_info(p.stem, options.lang) for p in sorted(Path(voices_dir).glob("*.pt"))]
+
+
 def load(spec: ModelSpec, config: Config, options: KokoroOptions) -> KokoroTorchEngine:
     """The catalog's loader: Kokoro-82M from local files (source = the .pth, options voices_dir, config)."""
     if spec.source.startswith("embedded:"):

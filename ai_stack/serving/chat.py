@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from ai_stack.engines.base import SamplingParams, TokenLogprob
+from ai_stack.engines.base import ChatEngine, Prompt, SamplingParams, TokenLogprob
 from ai_stack.errors import ContextLengthExceeded, InvalidRequest, stream_error_body
 from ai_stack.metrics import Metrics
 from ai_stack.protocol import (
@@ -25,6 +25,7 @@ from ai_stack.protocol import (
     Delta,
     FunctionCall,
     NamedToolChoice,
+    SamplingRequest,
     ToolCallOut,
     Usage,
 )
@@ -53,6 +54,11 @@ RESERVED_TEMPLATE_KWARGS = frozenset(
         "max_length",
     }
 )
+
+
+# No tokenizer packs more characters than this into a token on average over a long text: a text longer than
+# context_length times this is refused before it is tokenized.
+CHARS_PER_TOKEN_BOUND = 32
 
 
 class ClientDisconnected(Exception):
@@ -107,7 +113,8 @@ def _template_tool_call(call: dict[str, Any], param: str) -> dict[str, Any]:
     return {**call, "function": {**function, "arguments": arguments}}
 
 
-def _usage(chat: PreparedChat, results: list[RunResult]) -> Usage:
+def usage_of(chat: PreparedChat, results: list[RunResult]) -> Usage:
+    """OpenAI usage of a finished request: prompt, completion and reasoning tokens."""
     prompt_tokens = len(chat.prompt.token_ids)
     completion = sum(r.completion_tokens for r in results)
     return Usage(
@@ -125,7 +132,7 @@ def _tool_call(call: ToolCall) -> ToolCallOut:
 
 
 @dataclass
-class _ChoiceText:
+class ChoiceText:
     """One choice of a full response, as it accumulates."""
 
     content: list[str] = field(default_factory=list)
@@ -207,6 +214,16 @@ class ChatService:
                     f"chat_template_kwargs.{key} is not accepted: {why}", param=f"chat_template_kwargs.{key}"
                 )
 
+    def _check_size(self, engine: ChatEngine, chars: int, param: str) -> None:
+        """Refuse text far beyond the context before tokenizing it (tokenizing megabytes takes seconds)."""
+        limit = engine.context_length * CHARS_PER_TOKEN_BOUND
+        if chars > limit:
+            raise ContextLengthExceeded(
+                f"This model's maximum context length is {engine.context_length} tokens; the request's "
+                f"{chars} characters are far more than that (the limit before tokenizing is {limit}).",
+                param=param,
+            )
+
     async def prepare(self, request: ChatCompletionRequest) -> PreparedChat:
         """Find the model, render the prompt, set up constraints and parsers, and check the context fits."""
         entry, engine = self.registry.chat_engine(request.model)
@@ -231,6 +248,7 @@ class ChatService:
                 tool_format,
                 request.parallel_tool_calls and not isinstance(choice, NamedToolChoice),
                 engine.token_id,
+                max_calls=self.registry.config.server.max_parallel_tool_calls,
             )
         elif request.response_format is not None:
             grammar = await asyncio.to_thread(json_grammar, request.response_format)
@@ -238,6 +256,82 @@ class ChatService:
         if grammar is not None and reasoning:
             # The grammar governs the answer from its first token: a thinking model answers without thinking.
             template_kwargs["enable_thinking"] = False
+        messages = _messages(request)
+        chars = sum(len(m["content"]) for m in messages) + sum(
+            len(json.dumps(tool)) for tool in template_kwargs.get("tools", [])
+        )
+        self._check_size(engine, chars, "messages")
+        try:
+            prompt = await asyncio.to_thread(engine.render, messages, template_kwargs)
+        except ValueError as exc:
+            raise InvalidRequest(str(exc), param="messages") from None
+        return self.bind(
+            entry.spec.id,
+            engine,
+            prompt,
+            request,
+            grammar=grammar,
+            logprobs=(request.top_logprobs or 0) if request.logprobs else None,
+            tool_format=tool_format,
+            tool_names={tool.function.name for tool in request.tools or []} if use_tools else None,
+            tool_schemas={tool.function.name: tool.function.parameters for tool in request.tools or []},
+            parallel_tool_calls=request.parallel_tool_calls,
+            # A prompt that already closes the think block (thinking off) leaves no reasoning to parse.
+            reasoning=reasoning and not prompt.text.rstrip().endswith("</think>"),
+            in_reasoning=reasoning and prompt_opens_reasoning(prompt.text),
+        )
+
+    async def prepare_raw(
+        self,
+        request: SamplingRequest,
+        prompt: str | list[int],
+        *,
+        logprobs: int | None = None,
+        stops: list[str] | None = None,
+        param: str = "prompt",
+    ) -> PreparedChat:
+        """A prompt used as it is (text or token ids), no chat template: legacy completions, FIM, raw modes.
+
+        The request's sampling fields, stops, n, response_format and limits apply as they do for chat.
+        """
+        entry, engine = self.registry.chat_engine(request.model)
+        grammar = None
+        if request.response_format is not None:
+            grammar = await asyncio.to_thread(json_grammar, request.response_format)
+        if isinstance(prompt, str):
+            self._check_size(engine, len(prompt), param)
+            rendered = await asyncio.to_thread(engine.encode, prompt)
+        else:
+            if len(prompt) > engine.context_length:
+                raise ContextLengthExceeded(
+                    f"This model's maximum context length is {engine.context_length} tokens. However, the "
+                    f"prompt has {len(prompt)} tokens.",
+                    param=param,
+                )
+            try:
+                text = await asyncio.to_thread(engine.decode, prompt)
+            except ValueError as exc:
+                raise InvalidRequest(str(exc), param=param) from None
+            rendered = Prompt(token_ids=list(prompt), text=text)
+        if not rendered.token_ids:
+            raise InvalidRequest("The prompt is empty", param=param)
+        return self.bind(
+            entry.spec.id, engine, rendered, request, grammar=grammar, logprobs=logprobs, stops=stops
+        )
+
+    def bind(
+        self,
+        model_id: str,
+        engine: ChatEngine,
+        prompt: Prompt,
+        request: SamplingRequest,
+        *,
+        grammar: str | None = None,
+        logprobs: int | None = None,
+        stops: list[str] | None = None,
+        **parsing: Any,
+    ) -> PreparedChat:
+        """Check prompt and completion fit the context; bind the sampling parameters (every route)."""
         bias: dict[int, float] | None = None
         if request.logit_bias:
             vocab = engine.vocab_size
@@ -248,11 +342,6 @@ class ChatService:
                     param="logit_bias",
                     code="invalid_value",
                 )
-        messages = _messages(request)
-        try:
-            prompt = await asyncio.to_thread(engine.render, messages, template_kwargs)
-        except ValueError as exc:
-            raise InvalidRequest(str(exc), param="messages") from None
         context = engine.context_length
         used = len(prompt.token_ids)
         limit = request.completion_limit()
@@ -278,36 +367,51 @@ class ChatService:
             frequency_penalty=request.frequency_penalty or 0.0,
             seed=request.seed,
             logit_bias=bias,
-            logprobs=(request.top_logprobs or 0) if request.logprobs else None,
+            logprobs=logprobs,
             grammar=grammar,
         )
         return PreparedChat(
-            entry.spec.id,
+            model_id,
             engine,
             prompt,
             params,
-            list(request.stop or []),
+            list(request.stop or []) if stops is None else stops,
             n=request.n,
-            logprobs=request.logprobs,
-            tool_format=tool_format,
-            tool_names={tool.function.name for tool in request.tools or []} if use_tools else None,
-            parallel_tool_calls=request.parallel_tool_calls,
-            # A prompt that already closes the think block (thinking off) leaves no reasoning to parse.
-            reasoning=reasoning and not prompt.text.rstrip().endswith("</think>"),
-            in_reasoning=reasoning and prompt_opens_reasoning(prompt.text),
+            logprobs=logprobs is not None,
+            **parsing,
         )
 
-    async def complete(
-        self, chat: PreparedChat, wait_disconnect: Callable[[], Awaitable[None]]
-    ) -> dict[str, Any]:
-        """Generate whole answers (n choices); a client that disconnects cancels the generation."""
+    async def events(self, chat: PreparedChat) -> AsyncIterator[ChoiceEvent]:
+        """Every choice's events as they come; closing the iterator cancels; metrics at the end."""
         cancels = [threading.Event() for _ in range(chat.n)]
         started = time.monotonic()
-        texts = [_ChoiceText() for _ in range(chat.n)]
+        results: list[RunResult] = [RunResult() for _ in range(chat.n)]
+        events = run_choices(chat, cancels)
+        with self.registry.in_use(chat.model_id):  # an idle keep-alive never unloads a model mid-answer
+            try:
+                async for event in events:
+                    if event.result is not None:
+                        results[event.index] = event.result
+                    yield event
+                self._record(chat, results, started)
+            finally:
+                for cancel in cancels:
+                    cancel.set()
+                await events.aclose()  # type: ignore[attr-defined]
+
+    async def collect(
+        self, chat: PreparedChat, wait_disconnect: Callable[[], Awaitable[None]]
+    ) -> list[ChoiceText]:
+        """Generate whole answers (n choices); a client that disconnects cancels the generation."""
+        texts = [ChoiceText() for _ in range(chat.n)]
 
         async def collect() -> None:
-            async for event in run_choices(chat, cancels):
-                texts[event.index].add(event)
+            events = self.events(chat)
+            try:
+                async for event in events:
+                    texts[event.index].add(event)
+            finally:
+                await events.aclose()  # type: ignore[attr-defined]
 
         collector = asyncio.ensure_future(collect())
         watcher = asyncio.ensure_future(wait_disconnect())
@@ -319,23 +423,24 @@ class ChatService:
             collector.result()
         finally:
             watcher.cancel()
-            for cancel in cancels:
-                cancel.set()
-        results = [text.result for text in texts]
-        self._record(chat, results, started)
+        return texts
+
+    async def complete(
+        self, chat: PreparedChat, wait_disconnect: Callable[[], Awaitable[None]]
+    ) -> dict[str, Any]:
+        """Generate whole answers (n choices) as a chat.completion body."""
+        texts = await self.collect(chat, wait_disconnect)
         completion = ChatCompletion(
             id=f"chatcmpl-{uuid.uuid4().hex}",
             created=int(time.time()),
             model=chat.model_id,
             choices=[text.choice(index, chat.logprobs) for index, text in enumerate(texts)],
-            usage=_usage(chat, results),
+            usage=usage_of(chat, [text.result for text in texts]),
         )
         return _dump_completion(completion)
 
     async def stream(self, chat: PreparedChat, include_usage: bool) -> AsyncIterator[str]:
         """Server-sent events: role chunks, deltas, finish chunks, optional usage chunk, [DONE]."""
-        cancels = [threading.Event() for _ in range(chat.n)]
-        started = time.monotonic()
         ident, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
         results: list[RunResult] = [RunResult() for _ in range(chat.n)]
         call_counts = [0] * chat.n
@@ -362,7 +467,7 @@ class ChatService:
                 tool_calls=calls or None,
             )
 
-        events = run_choices(chat, cancels)
+        events = self.events(chat)
         try:
             for index in range(chat.n):
                 yield chunk([ChunkChoice(index=index, delta=Delta(role="assistant", content=""))])
@@ -381,13 +486,10 @@ class ChatService:
                     )
                 elif delta.content or delta.reasoning or delta.tool_calls or logprobs:
                     yield chunk([ChunkChoice(index=event.index, delta=delta, logprobs=logprobs)])
-            self._record(chat, results, started)
             if include_usage:
-                yield chunk([], _usage(chat, results))
+                yield chunk([], usage_of(chat, results))
         except Exception as exc:
             yield f"data: {json.dumps(stream_error_body(exc, chat.model_id, 'generating'))}\n\n"
         finally:
-            for cancel in cancels:
-                cancel.set()
             await events.aclose()  # type: ignore[attr-defined]
         yield "data: [DONE]\n\n"

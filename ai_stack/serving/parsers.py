@@ -4,10 +4,13 @@ Pure Python, no engine or web dependencies. Text arrives in arbitrary pieces; th
 depend on how the text was split. Partial markers are held back until they are disambiguated, and nothing
 that is not a tool call or reasoning is ever lost or duplicated from ``content``. The reasoning layer
 (``reasoning.py``) runs first; what it passes on as content goes through the tool parser of the format
-(``tool_parsers/``). This module combines the two and re-exports their public names.
+(``tool_parsers/``), after a check for an answer that is one tool call in a Markdown code block
+(``tool_parsers/fenced.py``). This module combines them and re-exports their public names.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 from ai_stack.serving.reasoning import (
     THINK_CLOSE,
@@ -18,6 +21,7 @@ from ai_stack.serving.reasoning import (
 )
 from ai_stack.serving.tool_parsers import TOOL_PARSERS, ToolFormat, ToolParser, detect_tool_format
 from ai_stack.serving.tool_parsers.base import ParsedDelta, ToolCall, new_tool_call_id
+from ai_stack.serving.tool_parsers.fenced import FencedCallReader
 from ai_stack.serving.tool_parsers.hermes import HERMES_CLOSE, HERMES_OPEN
 from ai_stack.serving.tool_parsers.llama3_json import PYTHON_TAG
 from ai_stack.serving.tool_parsers.mistral import MISTRAL_ARGS, MISTRAL_CALL_ID, MISTRAL_TOOL_CALLS
@@ -51,7 +55,9 @@ class OutputParser:
     the block. If generation ends before ``</think>``, the reasoning stays reasoning (as vLLM does) and there
     is no content. Tool calls are never parsed inside reasoning. A malformed tool call (bad JSON, no name,
     unknown name, unterminated) never raises: its raw text comes out as content. Whitespace right before and
-    after a tool call is not content.
+    after a tool call is not content. With a tool format, an answer that is one Markdown-fenced JSON call (or
+    array of calls) of offered tools, with arguments valid against ``tool_schemas``, is a call too; it is
+    held back only while it may still become one.
     """
 
     def __init__(
@@ -61,6 +67,7 @@ class OutputParser:
         in_reasoning: bool = False,
         tool_names: set[str] | None = None,
         parallel_tool_calls: bool = True,
+        tool_schemas: dict[str, dict[str, Any] | None] | None = None,
     ) -> None:
         """Set up a parser for one choice of one request."""
         if tool_format is not None and tool_format not in TOOL_PARSERS:
@@ -71,6 +78,9 @@ class OutputParser:
         self._think = ReasoningParser(reasoning, in_reasoning)
         self._tools: ToolParser | None = (
             None if tool_format is None else TOOL_PARSERS[tool_format](tool_names, parallel_tool_calls)
+        )
+        self._fence = (
+            None if tool_format is None else FencedCallReader(tool_names, tool_schemas, parallel_tool_calls)
         )
         self._finished = False
 
@@ -98,12 +108,24 @@ class OutputParser:
         out.reasoning, content = self._think.finish()
         if content:
             self._pass_on(out, content)
+        if self._fence is not None:
+            held, calls = self._fence.finish()
+            out.tool_calls.extend(calls)
+            if held:
+                self._to_tools(out, held)
         if self._tools is not None:
             _merge(out, self._tools.finish())
         return out
 
     def _pass_on(self, out: ParsedDelta, content: str) -> None:
-        """Content from the reasoning layer goes through the tool parser, when there is one."""
+        """Content from the reasoning layer goes through the fence check and the tool parser, if any."""
+        if self._fence is not None:
+            content, calls = self._fence.feed(content)
+            out.tool_calls.extend(calls)
+        if content:
+            self._to_tools(out, content)
+
+    def _to_tools(self, out: ParsedDelta, content: str) -> None:
         if self._tools is None:
             out.content += content
         else:

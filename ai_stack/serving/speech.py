@@ -11,14 +11,15 @@ import re
 import threading
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from dataclasses import dataclass, field
+from typing import cast
 
 from ai_stack.audio import FORMATS, AudioEncoder
-from ai_stack.engines.base import SpeechEngine
-from ai_stack.engines.catalog import SpeechOptions
+from ai_stack.engines.base import SpeechEngine, VoiceInfo
+from ai_stack.engines.catalog import SpeechOptions, list_voices
 from ai_stack.engines.voices import parse_voice_blend
 from ai_stack.errors import InvalidRequest, stream_error_body
 from ai_stack.protocol import SpeechRequest
-from ai_stack.registry import ModelEntry, ModelRegistry
+from ai_stack.registry import ModelEntry, ModelRegistry, ModelState
 from ai_stack.threads import ThreadStream
 
 log = logging.getLogger(__name__)
@@ -39,6 +40,9 @@ OPENAI_VOICES: tuple[str, ...] = (
     "shimmer",
     "verse",
 )
+# OpenAI's speech model names: a request naming one (as an alias) with a voice of another configured speech
+# model is served by that model, so a client that can only send `tts-1` still reaches every voice.
+GENERIC_SPEECH_MODELS: frozenset[str] = frozenset({"tts-1", "tts-1-hd", "gpt-4o-mini-tts"})
 # usage.output_tokens counts audio in 20 ms frames (OpenAI bills audio in tokens; this is our equivalent).
 AUDIO_TOKENS_PER_SECOND = 50
 _WORD = re.compile(r"\w+|[^\w\s]")
@@ -159,10 +163,58 @@ class SpeechService:
 
     def __init__(self, registry: ModelRegistry) -> None:
         self.registry = registry
+        # Voices of models not loaded, read from their files once; one entry per configured model at most.
+        self._listed: dict[str, list[VoiceInfo] | None] = {}
+
+    def voices_of(self, entry: ModelEntry) -> list[VoiceInfo] | None:
+        """A speech model's voices: the loaded engine's, else read from its files; None when unknown."""
+        if entry.state == ModelState.READY and entry.engine is not None:
+            return cast(SpeechEngine, entry.engine).voices()
+        if entry.spec.id not in self._listed:
+            try:
+                self._listed[entry.spec.id] = list_voices(entry.spec, self.registry.config)
+            except Exception as exc:  # a missing file or package: the load will report it properly
+                log.info("voices of %s are unknown until it loads: %s", entry.spec.id, exc)
+                self._listed[entry.spec.id] = None
+        return self._listed[entry.spec.id]
+
+    def _has_voice(self, entry: ModelEntry, voice: str) -> bool | None:
+        """Whether a speech model has a voice (or all voices of a blend); None when its voices are unknown."""
+        voices = self.voices_of(entry)
+        if voices is None:
+            return None
+        ids = {v.id for v in voices}
+        if voice in ids:
+            return True
+        try:
+            names = [name for name, _ in parse_voice_blend(voice)]
+        except ValueError:
+            return False
+        blends = entry.engine is None or cast(SpeechEngine, entry.engine).blends
+        return len(names) > 1 and blends and all(name in ids for name in names)
+
+    def route(self, name: str, voice: str) -> str:
+        """The model to speak with: the one named, or for a generic name (tts-1) the one with the voice."""
+        if name not in GENERIC_SPEECH_MODELS:
+            return name
+        entry = self.registry.lookup(name)
+        options = entry.options
+        if entry.spec.kind != "speech" or not isinstance(options, SpeechOptions):
+            return name
+        if (
+            voice in options.voice_map
+            or voice.lower() in OPENAI_VOICES
+            or self._has_voice(entry, voice) is not False
+        ):
+            return name
+        for other in self.registry.entries.values():
+            if other is not entry and other.spec.kind == "speech" and self._has_voice(other, voice):
+                return other.spec.id
+        return name
 
     def prepare(self, request: SpeechRequest) -> PreparedSpeech:
         """Find the model and resolve the voice; problems here are error responses, not broken streams."""
-        entry, engine = self.registry.speech_engine(request.model)
+        entry, engine = self.registry.speech_engine(self.route(request.model, request.voice_id))
         voice = resolve_voice(entry, engine, request.voice_id)
         return PreparedSpeech(
             model_id=entry.spec.id,

@@ -1,0 +1,89 @@
+"""How uvicorn serves the app: h11 with bounded header sizes and deadlines for slow clients.
+
+uvicorn arms no timer on a fresh connection and none while a request's headers trickle in, so a client that
+opens connections and sends a byte now and then holds them forever; its default HTTP parser (httptools)
+accepts headers of any size. Here a connection must deliver its request line and headers within
+`header_timeout` seconds (else it gets a 408 and is closed), headers are limited to `max_header_bytes` (h11
+answers 400 beyond), idle keep-alive connections close after `keep_alive_timeout`, and the body deadline
+(`body_timeout`) is enforced by the gateway middleware, which answers 408 in the API's error shape.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+import h11
+from uvicorn.protocols.http.h11_impl import H11Protocol
+
+from ai_stack.config import Config
+from ai_stack.errors import error_body
+
+_TIMEOUT_BODY = json.dumps(
+    error_body(
+        "The request line and headers did not arrive in time",
+        "invalid_request_error",
+        None,
+        "request_timeout",
+    )
+).encode()
+REQUEST_TIMEOUT_RESPONSE = (
+    b"HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\nconnection: close\r\n"
+    b"content-length: " + str(len(_TIMEOUT_BODY)).encode() + b"\r\n\r\n" + _TIMEOUT_BODY
+)
+
+
+class DeadlineH11Protocol(H11Protocol):
+    """uvicorn's h11 protocol plus a deadline for each request's line and headers."""
+
+    header_timeout: float = 10.0
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        """Start the clock: a connection that never sends a request is closed too."""
+        self._header_timer: asyncio.TimerHandle | None = None
+        super().connection_made(transport)
+        self._watch_headers()
+
+    def data_received(self, data: bytes) -> None:
+        """Feed h11, then keep the deadline while a request's headers are still incomplete."""
+        super().data_received(data)
+        self._watch_headers()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        """Stop the clock."""
+        self._stop_clock()
+        super().connection_lost(exc)
+
+    def _watch_headers(self) -> None:
+        """Arm the deadline while h11 waits for a request (its clock keeps running); stop it once one came."""
+        if self.transport.is_closing() or self.conn.their_state is not h11.IDLE:
+            self._stop_clock()
+        elif self._header_timer is None and (self.cycle is None or self.cycle.response_complete):
+            self._header_timer = self.loop.call_later(self.header_timeout, self._headers_late)
+
+    def _stop_clock(self) -> None:
+        if self._header_timer is not None:
+            self._header_timer.cancel()
+            self._header_timer = None
+
+    def _headers_late(self) -> None:
+        """The deadline passed with no complete request: answer 408 and close."""
+        self._header_timer = None
+        if self.transport.is_closing() or self.conn.their_state is not h11.IDLE:
+            return
+        if self.timeout_keep_alive_task is not None:
+            return  # idle between requests: uvicorn's keep-alive timer closes it
+        self.transport.write(REQUEST_TIMEOUT_RESPONSE)
+        self.transport.close()
+
+
+def uvicorn_options(config: Config) -> dict[str, Any]:
+    """The uvicorn.run keyword arguments for the server's limits on slow and oversized clients."""
+    server = config.server
+    protocol = type("DeadlineH11Protocol", (DeadlineH11Protocol,), {"header_timeout": server.header_timeout})
+    return {
+        "http": protocol,
+        "h11_max_incomplete_event_size": server.max_header_bytes,
+        "timeout_keep_alive": server.keep_alive_timeout,
+    }
