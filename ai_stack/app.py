@@ -59,6 +59,7 @@ def create_app(config: Config, loader: Loader = load_engine) -> Starlette:
         try:
             yield
         finally:
+            app.state.chat.shutdown()  # streams still open end with an error, not mid-token
             await registry.close()
 
     app = Starlette(

@@ -53,10 +53,8 @@ def serve(
     config = _load(config_path, {"host": host, "port": port, "api_key": api_key, "log_level": log_level})
     level = config.server.log_level
     logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    import uvicorn
-
     from ai_stack.app import create_app
-    from ai_stack.http_server import uvicorn_options
+    from ai_stack.http_server import serve as serve_http
 
     clean_stale_partials(config.server.home)
 
@@ -65,15 +63,8 @@ def serve(
         f"listening on http://{config.server.host}:{config.server.port}",
         err=True,
     )
-    uvicorn.run(
-        create_app(config),
-        host=config.server.host,
-        port=config.server.port,
-        log_level=level,
-        workers=1,
-        timeout_graceful_shutdown=5,
-        **uvicorn_options(config),
-    )
+    app = create_app(config)
+    serve_http(app, config, on_exit=app.state.chat.shutdown)
 
 
 @main.command()

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import math
 import os
+import re
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
@@ -14,6 +17,55 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from ai_stack.engines.catalog import ENGINES, ModelKind, engine_names, options_problem
 
 PACKAGE_DIR = Path(__file__).resolve().parent
+
+
+_SIZE = re.compile(r"^(\d+(?:\.\d+)?)\s*(?:([kmgt])(i)?)?b?$", re.IGNORECASE)
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|h|m|s)")
+_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+DEVICE_PATTERN = r"^(auto|cpu|mps|cuda(:\d+)?)$"
+
+
+def parse_bytes(value: int | float | str) -> int:
+    """A size in bytes from a number or a string such as "12GiB", "512 MB", "1.5g" (k/m/g/t, 1000 or 1024)."""
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        raise ValueError("a size must be a number of bytes or a string such as '12GiB'")
+    if isinstance(value, int | float):
+        size = float(value)
+    else:
+        match = _SIZE.match(value.strip())
+        if match is None:
+            raise ValueError(f"{value[:40]!r} is not a size: use bytes or a size such as '12GiB'")
+        prefix, base = (match.group(2) or "").lower(), 1024 if match.group(3) else 1000
+        size = float(match.group(1)) * (base ** ("kmgt".index(prefix) + 1) if prefix else 1)
+    if not math.isfinite(size) or size <= 0:
+        raise ValueError("a size must be a finite number of bytes, more than 0")
+    return int(size)
+
+
+def parse_duration(value: int | float | str) -> float:
+    """Seconds from a number or a Go-style duration ("5m", "1h30m", "90s"); negative means forever."""
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        raise ValueError("keep_alive must be seconds or a duration such as '5m'")
+    if isinstance(value, int | float):
+        seconds = float(value)
+        if math.isnan(seconds):
+            raise ValueError("keep_alive must be a number of seconds, not NaN")
+        return seconds
+    text = value.strip().lower()
+    sign = -1.0 if text.startswith("-") else 1.0
+    body = text.lstrip("+-")
+    with contextlib.suppress(ValueError):
+        if body.replace(".", "", 1).isdigit():
+            return sign * float(body)
+    parts = _DURATION.findall(body)
+    if not body or "".join(n + u for n, u in parts) != body:
+        raise ValueError(f"{value[:40]!r} is not a duration: use seconds or a duration such as '5m' or '1h'")
+    return sign * sum(float(n) * _DURATION_UNITS[u] for n, u in parts)
+
+
+def device_key(device: str) -> str:
+    """The memory-budget key of a device: `cuda` is `cuda:0`."""
+    return "cuda:0" if device == "cuda" else device
 
 
 class ConfigError(Exception):
@@ -35,13 +87,25 @@ class ModelSpec(BaseModel):
     kind: ModelKind = "chat"
     engine: str = "transformers"
     source: str = Field(min_length=1)
-    device: str = Field(default="auto", pattern=r"^(auto|cpu|mps|cuda(:\d+)?)$")
+    device: str = Field(default="auto", pattern=DEVICE_PATTERN)
     dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"
     quantization: Literal["none", "nf4", "int8"] = "none"
     autoload: bool = True
     context_length: int | None = Field(default=None, ge=16)
     description: str = ""
     options: dict[str, Any] = Field(default_factory=dict)
+    # Seconds (or "5m"-style) the model stays loaded once idle; negative or unset: until unloaded. A request's
+    # own keep_alive (Ollama's API) overrides it.
+    keep_alive: float | None = None
+
+    @field_validator("keep_alive", mode="before")
+    @classmethod
+    def _keep_alive_seconds(cls, value: Any) -> Any:
+        return None if value is None else parse_duration(value)
+
+    # Overload control for this model (see ServerConfig): None takes the server's setting.
+    max_running: int | None = Field(default=None, ge=1)
+    max_queue: int | None = Field(default=None, ge=0)
 
     @field_validator("engine")
     @classmethod
@@ -99,6 +163,43 @@ class ServerConfig(BaseModel):
     responses_retention_days: float = Field(default=30.0, gt=0)
     responses_max_stored: int = Field(default=10_000, ge=1)
     responses_max_bytes: int = Field(default=256 * 1024 * 1024, ge=1024 * 1024)
+    # Memory budget: bytes of models loaded at once per device ({"cpu": ..., "cuda:0": ...}; one number or
+    # size string for every device), and the most models loaded at once. A load that does not fit unloads
+    # the least recently used idle models first; requests then load their model on demand and wait for it.
+    memory_budget: dict[str, int] | None = None
+    max_loaded_models: int | None = Field(default=None, ge=1)
+    # Run a native engine's (llama.cpp's) new configuration once in a child process before this one loads it.
+    native_probe: bool = True
+
+    @field_validator("memory_budget", mode="before")
+    @classmethod
+    def _budget_per_device(cls, value: Any) -> Any:
+        if value is None:
+            return None
+        if isinstance(value, str) and "=" in value:  # from the environment: "cpu=8GiB,cuda:0=10GiB"
+            value = dict(part.split("=", 1) for part in value.split(",") if part.strip())
+        if not isinstance(value, dict):
+            return {"*": parse_bytes(value)}
+        budget: dict[str, int] = {}
+        for device, size in value.items():
+            device = str(device).strip()
+            if device != "*" and (device == "auto" or not re.match(DEVICE_PATTERN, device)):
+                raise ValueError(f"unknown device {device!r} (use cpu, mps, cuda or cuda:N)")
+            budget[device_key(device)] = parse_bytes(size.strip() if isinstance(size, str) else size)
+        return budget
+
+    # Overload control, per model (a model's own max_running / max_queue override these): requests generating
+    # at once (None: the engine's batch size, transformers max_batch or llama.cpp parallel, else 4) and
+    # requests waiting for them (None: 4 x max_running); beyond both, an immediate 429 with Retry-After.
+    max_running: int | None = Field(default=None, ge=1, le=4096)
+    max_queue: int | None = Field(default=None, ge=0, le=65536)
+    # Seconds a request may wait for a generation slot, and seconds it may take in all (0: no deadline).
+    queue_timeout: float = Field(default=120.0, ge=0)
+    request_timeout: float = Field(default=1800.0, ge=0)
+    # The completion's length when a request sets no max_tokens (0: the rest of the context).
+    default_max_tokens: int = Field(default=4096, ge=0)
+    # Seconds uvicorn waits for connections after SIGTERM/SIGINT (streams are ended with an error first).
+    shutdown_timeout: int = Field(default=1, ge=0, le=600)
 
     @field_validator("api_key")
     @classmethod
@@ -138,6 +239,8 @@ ENV_KEYS: dict[str, str] = {
     "AI_STACK_ALLOWED_HOSTS": "allowed_hosts",
     "AI_STACK_LOAD_ON_REQUEST": "load_on_request",
     "AI_STACK_LOG_LEVEL": "log_level",
+    "AI_STACK_MEMORY_BUDGET": "memory_budget",
+    "AI_STACK_MAX_LOADED_MODELS": "max_loaded_models",
 }
 
 

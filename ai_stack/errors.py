@@ -119,6 +119,38 @@ class ModelUnavailable(APIError):
     code = "model_not_ready"
 
 
+class Overloaded(APIError):
+    """429: the model's running and waiting requests are at their limit; retry after Retry-After seconds."""
+
+    status = 429
+    type = "requests"  # OpenAI's rate-limit errors: type "requests", code "rate_limit_exceeded"
+    code = "rate_limit_exceeded"
+
+
+class QueueTimeout(APIError):
+    """503: the request waited longer than the server's queue_timeout for a generation slot."""
+
+    status = 503
+    type = "server_error"
+    code = "queue_timeout"
+
+
+class RequestTimeout(APIError):
+    """504: the request ran past the server's request_timeout and was stopped."""
+
+    status = 504
+    type = "server_error"
+    code = "request_timeout"
+
+
+class ServerShuttingDown(APIError):
+    """503: the server is stopping; the request was ended (or never started)."""
+
+    status = 503
+    type = "server_error"
+    code = "server_shutting_down"
+
+
 # Anthropic's error types by HTTP status (https://docs.anthropic.com/en/api/errors).
 _ANTHROPIC_TYPES = {
     400: "invalid_request_error",

@@ -11,10 +11,17 @@ answers 400 beyond), idle keep-alive connections close after `keep_alive_timeout
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import signal
+import socket
+import sys
+from collections.abc import Callable
+from types import FrameType
 from typing import Any
 
 import h11
+import uvicorn
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from ai_stack.config import Config
@@ -87,3 +94,51 @@ def uvicorn_options(config: Config) -> dict[str, Any]:
         "h11_max_incomplete_event_size": server.max_header_bytes,
         "timeout_keep_alive": server.keep_alive_timeout,
     }
+
+
+class GracefulServer(uvicorn.Server):
+    """uvicorn's server that, on SIGTERM or SIGINT, first tells the app to end its streams, then exits 0.
+
+    uvicorn alone waits for open streams until timeout_graceful_shutdown, then cancels them mid-token (no
+    error event, no [DONE], a traceback) and re-raises the signal (exit status 143). Here `on_exit` runs on
+    the event loop at once (the chat service ends each stream with an error event), the open connections
+    close as their responses end, and the process exits with status 0. A second Ctrl+C forces the exit.
+    """
+
+    def __init__(self, config: uvicorn.Config, on_exit: Callable[[], None]) -> None:
+        super().__init__(config)
+        self.on_exit = on_exit
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        """Note the event loop, for the signal handler."""
+        self._loop = asyncio.get_running_loop()
+        await super().startup(sockets)
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        """The signal handler: begin a graceful stop (not kept for re-raising: the exit status is 0)."""
+        if self.should_exit and sig == signal.SIGINT:
+            self.force_exit = True
+        else:
+            self.should_exit = True
+        if self._loop is not None:
+            with contextlib.suppress(RuntimeError):  # the loop already closed
+                self._loop.call_soon_threadsafe(self.on_exit)
+
+
+def serve(app: Any, config: Config, on_exit: Callable[[], None]) -> None:
+    """Run the app under uvicorn (one worker) until SIGTERM/SIGINT; exit status 3 when it cannot start."""
+    server = config.server
+    uv_config = uvicorn.Config(
+        app,
+        host=server.host,
+        port=server.port,
+        log_level=server.log_level,
+        workers=1,
+        timeout_graceful_shutdown=server.shutdown_timeout,
+        **uvicorn_options(config),
+    )
+    runner = GracefulServer(uv_config, on_exit)
+    runner.run()
+    if not runner.started:
+        sys.exit(3)  # uvicorn's STARTUP_FAILURE

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 from starlette.requests import Request
@@ -44,6 +44,19 @@ class Metrics:
         self.completion_tokens = Counter(
             "ai_stack_completion_tokens", "Tokens generated", ["model"], registry=self.registry
         )
+        # The prompt tokens split by the engines' prefix caches: reused KV vs computed by a prefill.
+        self.prompt_tokens_cached = Counter(
+            "ai_stack_prompt_tokens_cached",
+            "Prompt tokens whose KV came from the prefix cache",
+            ["model"],
+            registry=self.registry,
+        )
+        self.prompt_tokens_computed = Counter(
+            "ai_stack_prompt_tokens_computed",
+            "Prompt tokens prefilled (not found in the prefix cache)",
+            ["model"],
+            registry=self.registry,
+        )
         self.generation_seconds = Histogram(
             "ai_stack_generation_seconds",
             "Wall time of a chat generation",
@@ -51,17 +64,71 @@ class Metrics:
             registry=self.registry,
             buckets=(0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300),
         )
+        # Overload control (ai_stack/serving/admission.py).
+        self.requests_waiting = Gauge(
+            "ai_stack_requests_waiting",
+            "Requests admitted and waiting for a generation slot (queue depth)",
+            ["model"],
+            registry=self.registry,
+        )
+        self.requests_running = Gauge(
+            "ai_stack_requests_running", "Requests generating now", ["model"], registry=self.registry
+        )
+        self.requests_rejected = Counter(
+            "ai_stack_requests_rejected",
+            "Requests refused with 429: running and waiting requests were at their limit",
+            ["model"],
+            registry=self.registry,
+        )
+        self.deadlines_expired = Counter(
+            "ai_stack_deadlines_expired",
+            "Requests ended by a deadline: queue (queue_timeout) or request (request_timeout)",
+            ["model", "deadline"],
+            registry=self.registry,
+        )
+        self.generations_aborted = Counter(
+            "ai_stack_generations_aborted",
+            "Generations stopped before their end: cancelled (client left), deadline, shutdown",
+            ["model", "reason"],
+            registry=self.registry,
+        )
         self.registry.register(_ModelStates(models))
 
     def record_chat(
-        self, model: str, finish_reason: str, prompt: int, completion: int, seconds: float
+        self,
+        model: str,
+        finish_reason: str,
+        prompt: int,
+        completion: int,
+        seconds: float,
+        cached_tokens: int = 0,
     ) -> None:
-        """Count one finished chat generation."""
+        """Count one finished chat generation (cached_tokens: its prompt tokens served by a prefix cache)."""
         self.completions.labels(model, finish_reason).inc()
         self.prompt_tokens.labels(model).inc(prompt)
+        cached = min(max(cached_tokens, 0), prompt)
+        self.prompt_tokens_cached.labels(model).inc(cached)
+        self.prompt_tokens_computed.labels(model).inc(prompt - cached)
         self.completion_tokens.labels(model).inc(completion)
         self.generation_seconds.labels(model).observe(seconds)
 
+
+    def record_queue(self, model: str, waiting: int, running: int) -> None:
+        """The model's queue depth and running requests now."""
+        self.requests_waiting.labels(model).set(waiting)
+        self.requests_running.labels(model).set(running)
+
+    def record_rejection(self, model: str) -> None:
+        """Count one request refused with 429."""
+        self.requests_rejected.labels(model).inc()
+
+    def record_deadline(self, model: str, deadline: str) -> None:
+        """Count one request ended by a deadline ("queue" or "request")."""
+        self.deadlines_expired.labels(model, deadline).inc()
+
+    def record_abort(self, model: str, reason: str) -> None:
+        """Count one generation stopped early ("cancelled", "deadline", "shutdown")."""
+        self.generations_aborted.labels(model, reason).inc()
 
 async def metrics_endpoint(request: Request) -> Response:
     """GET /metrics in the Prometheus text format."""

@@ -199,6 +199,12 @@ class CompletionTokensDetails(BaseModel):
     reasoning_tokens: int = 0
 
 
+class PromptTokensDetails(BaseModel):
+    """How the prompt tokens split: cached_tokens came from the prefix cache."""
+
+    cached_tokens: int = 0
+
+
 class Usage(BaseModel):
     """Token counts of one completion."""
 
@@ -206,6 +212,7 @@ class Usage(BaseModel):
     completion_tokens: int
     total_tokens: int
     completion_tokens_details: CompletionTokensDetails | None = None
+    prompt_tokens_details: PromptTokensDetails | None = None
 
 
 class FunctionCall(BaseModel):
@@ -299,6 +306,7 @@ class ModelCard(BaseModel):
     error: str | None = None
     context_length: int | None = None
     device: str | None = None
+    memory_bytes: int | None = None  # memory the loaded model takes on its device (measured at its load)
 
 
 class ModelList(BaseModel):

@@ -65,6 +65,7 @@ def model_card(entry: ModelEntry) -> ModelCard:
         error=entry.error,
         context_length=chat.context_length if chat is not None else None,
         device=chat.device if chat is not None else None,
+        memory_bytes=entry.memory_bytes if entry.state == ModelState.READY else None,
     )
 
 
@@ -154,6 +155,7 @@ async def audio_speech(request: Request) -> Response:
     """POST /v1/audio/speech: one continuous audio file streamed as it is made, or SSE deltas."""
     body = await parse_body(request, SpeechRequest)
     service: SpeechService = request.app.state.speech
+    await _registry(request).wait_ready(service.route(body.model, body.voice_id))
     speech = service.prepare(body)
     content = await service.start(speech)
     headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}

@@ -53,6 +53,7 @@ def test_full_response_has_openai_shape_and_usage(app_client: Any) -> None:
         "completion_tokens": 4,
         "total_tokens": prompt_tokens + 4,
         "completion_tokens_details": {"reasoning_tokens": 0},
+        "prompt_tokens_details": {"cached_tokens": 0},
     }
 
 

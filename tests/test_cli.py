@@ -26,7 +26,13 @@ def test_cli_serve_builds_app_and_runs_uvicorn_with_flags(
     path = tmp_path / "ok.toml"
     path.write_text('[[models]]\nid = "f"\nengine = "fake"\nsource = "fake:"\n')
     calls: list[dict[str, Any]] = []
-    monkeypatch.setattr("uvicorn.run", lambda app, **kwargs: calls.append({"app": app, **kwargs}))
+
+    def run(server: Any) -> None:  # uvicorn's Server.run, as the CLI's GracefulServer would call it
+        config = server.config
+        calls.append({"app": config.app, "host": config.host, "port": config.port, "workers": config.workers})
+        server.started = True
+
+    monkeypatch.setattr("ai_stack.http_server.GracefulServer.run", run)
     result = CliRunner().invoke(
         cli.main, ["serve", "--config", str(path), "--port", "8123", "--host", "127.0.0.2"]
     )

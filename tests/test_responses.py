@@ -114,8 +114,9 @@ def test_streamed_response_events_in_order(live_server: Callable[..., LiveServer
         events = list(stream)
         final = stream.get_final_response()
     kinds = [event.type for event in events]
+    # Tokens that come faster than the client reads are sent together: one delta or more, one a token at most.
     deltas = kinds.count("response.output_text.delta")
-    assert deltas == 4
+    assert 1 <= deltas <= 4
     assert kinds == [
         "response.created",
         "response.in_progress",

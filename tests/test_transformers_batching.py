@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from ai_stack.engines.base import Generation, GenerationCancelled, Piece, SamplingParams
+from ai_stack.engines.base import Generation, GenerationCancelled, Piece, Prompt, SamplingParams
 from ai_stack.engines.transformers import TransformersChatEngine, load_transformers
 from tests.conftest import wait_for, wait_ready
 
@@ -281,7 +281,8 @@ class LoggedPieces(list[Piece]):
 
 
 def test_a_long_prompt_is_prefilled_in_chunks_between_decode_steps(tiny_dirs: dict[str, Path]) -> None:
-    engine = load_transformers(str(tiny_dirs["llama"]), dtype="float32", prefill_chunk=8)
+    # Without the prefix cache: the long prompt, asked alone first, must go in cold again.
+    engine = load_transformers(str(tiny_dirs["llama"]), dtype="float32", prefill_chunk=8, prefix_cache=False)
     engine.eos_ids = set()
     try:
         question = "Tell me about " + ", ".join(f"item {i}" for i in range(40))
@@ -335,3 +336,129 @@ def test_config_batching_options_reach_the_engine(app_client: Any, tiny_dirs: di
     entries = client.app.state.registry.entries
     assert (entries["q"].engine.max_batch, entries["q"].engine.prefill_chunk) == (3, 32)
     assert (entries["d"].engine.max_batch, entries["d"].engine.prefill_chunk) == (8, 256)  # defaults
+
+
+# -- the prefix cache ----------------------------------------------------------------------------------------
+
+BLOCK = 8
+SYSTEM = (
+    "You are a helpful assistant. Answer the question briefly and politely, and say when you do not know. "
+)
+FOLLOW_UPS = ["Why is that?", "Say it with numbers like one, two, three.", "And the weather in Paris?"]
+
+
+@pytest.fixture(scope="module")
+def cache_pairs(tiny_dirs: dict[str, Path]) -> Iterator[dict[str, tuple[TransformersChatEngine, ...]]]:
+    """Per arch: an engine with a prefix cache of 8-token blocks that prefills in chunks of 8, and one
+    without a cache (the cold reference)."""
+    pairs = {
+        arch: (
+            load_transformers(
+                str(tiny_dirs[arch]), dtype="float32", prefill_chunk=8, prefix_cache_block=BLOCK
+            ),
+            load_transformers(str(tiny_dirs[arch]), dtype="float32", prefix_cache=False),
+        )
+        for arch in ARCHS
+    }
+    for pair in pairs.values():
+        for engine in pair:
+            engine.lltokenizer()
+            engine.eos_ids = set()
+    yield pairs
+    for pair in pairs.values():
+        for engine in pair:
+            engine.close()
+
+
+def ask(engine: TransformersChatEngine, prompt: Prompt, params: SamplingParams) -> Run:
+    run = Run("", params)
+    run.result = engine.generate(prompt, params, run.cancel, emitter(run))
+    return run
+
+
+def common_prefix(a: list[int], b: list[int]) -> int:
+    return next((i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), min(len(a), len(b)))
+
+
+def blocks_of(tokens: int) -> int:
+    """The tokens that whole blocks cover."""
+    return tokens // BLOCK * BLOCK
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_a_cached_prefix_answers_as_a_cold_prefill(
+    cache_pairs: dict[str, tuple[TransformersChatEngine, ...]], arch: str
+) -> None:
+    """Turn after turn of a chat: the next prompt starts from the cached KV of the last prompt and answer."""
+    cached, cold = cache_pairs[arch]
+    assert cached.prefix_cache is not None and cold.prefix_cache is None
+    cached.prefix_cache.clear()
+    messages = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": QUESTIONS[2]}]
+    params = SamplingParams(max_tokens=12, temperature=0.0)
+    previous: list[int] = []
+    for turn, follow_up in enumerate(FOLLOW_UPS):
+        prompt = cached.render(messages, {})
+        expected, answer = ask(cold, prompt, params), ask(cached, prompt, params)
+        assert answer.text == expected.text and isinstance(answer.result, Generation)
+        assert answer.result.completion_tokens == 12 and expected.result == Generation("length", 12)
+        length = len(prompt.token_ids)
+        if turn == 0:
+            assert answer.result.cached_tokens == 0
+        else:  # at least the last prompt's blocks, never the prompt's last token
+            shared = min(common_prefix(previous, prompt.token_ids), length - 1)
+            assert blocks_of(shared) <= answer.result.cached_tokens <= length - 1
+            assert answer.result.cached_tokens % BLOCK == 0 and answer.result.cached_tokens > 0
+        again = ask(cached, prompt, params)  # the same prompt again: all its whole blocks but the last token
+        assert again.text == expected.text and again.result == Generation("length", 12, blocks_of(length - 1))
+        previous = prompt.token_ids
+        messages += [{"role": "assistant", "content": answer.text}, {"role": "user", "content": follow_up}]
+
+
+def test_concurrent_requests_with_one_long_prefix_compute_it_once(
+    cache_pairs: dict[str, tuple[TransformersChatEngine, ...]],
+) -> None:
+    """Four requests share a long prefix: the first computes it, the others join the batch from its KV."""
+    import llguidance
+
+    engine, cold = cache_pairs["qwen3"]
+    assert engine.prefix_cache is not None
+    engine.prefix_cache.clear()
+    grammar = str(llguidance.LLMatcher.grammar_from_json_schema({"type": "object"}))
+    shared = SYSTEM * 2
+    runs = [
+        Run(shared + QUESTIONS[0], SamplingParams(max_tokens=10, temperature=0.0)),
+        Run(shared + QUESTIONS[1], SamplingParams(max_tokens=30, temperature=0.0, grammar=grammar)),
+        Run(shared + QUESTIONS[2], SamplingParams(max_tokens=8, temperature=0.0, logprobs=2)),
+        Run(shared + QUESTIONS[3], SamplingParams(max_tokens=14, temperature=0.0, seed=3, temperature_=None))
+        if False
+        else Run(shared + QUESTIONS[3], SamplingParams(max_tokens=14, temperature=0.9, seed=3)),
+    ]
+    prompts = [engine.render([{"role": "user", "content": run.question}], {}).token_ids for run in runs]
+    alone = [run_alone(cold, fresh(run)) for run in runs]
+    prefilled: list[int] = []
+    forward = engine.model.forward
+
+    def spy(*args: Any, **kwargs: Any) -> Any:
+        if kwargs.get("logits_to_keep") == 1:  # a prefill chunk
+            prefilled.append(int(kwargs["input_ids"].shape[1]))
+        return forward(*args, **kwargs)
+
+    engine.model.forward = spy
+    try:
+        together = run_together(engine, runs)
+    finally:
+        del engine.model.forward
+    assert engine.peak_batch == 4
+    for a, t in zip(alone, together, strict=True):
+        assert isinstance(t.result, Generation) and isinstance(a.result, Generation)
+        assert t.text == a.text and t.result.completion_tokens == a.result.completion_tokens
+    results = [t.result for t in together]
+    assert isinstance(results[0], Generation) and results[0].cached_tokens == 0
+    for prompt, result in zip(prompts[1:], results[1:], strict=True):
+        assert isinstance(result, Generation)
+        assert result.cached_tokens >= blocks_of(common_prefix(prompts[0], prompt)) >= 40
+    # Exactly the tokens not served from the cache went through the model, in chunks of at most 8 tokens
+    # for the requests that joined while the first one streamed.
+    computed = [len(p) - t.result.cached_tokens for p, t in zip(prompts, together, strict=True)]
+    assert sum(prefilled) == sum(computed)
+    assert max(prefilled[1:]) <= 8

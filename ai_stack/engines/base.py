@@ -74,6 +74,8 @@ class Generation:
 
     finish_reason: FinishReason
     completion_tokens: int
+    # Prompt tokens whose KV came from the engine's prefix cache instead of being computed.
+    cached_tokens: int = 0
 
 
 @dataclass(frozen=True)

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import logging
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -18,6 +19,7 @@ if TYPE_CHECKING:
     from ai_stack.engines.base import ChatEngine, SpeechEngine, VoiceInfo
 
 ModelKind = Literal["chat", "speech"]
+log = logging.getLogger(__name__)
 
 
 class EngineOptions(BaseModel):
@@ -31,15 +33,22 @@ class TransformersOptions(EngineOptions):
 
     max_batch: int = Field(default=8, ge=1)  # requests decoded together; more wait for a free row
     prefill_chunk: int = Field(default=256, ge=1)  # prompt tokens fed between two decode steps
+    prefix_cache: bool = True  # reuse the KV of earlier prompts' (and answers') prefixes
+    prefix_cache_bytes: int = Field(default=1 << 30, ge=0)  # its budget on the model's device; 0 turns it off
+    prefix_cache_block: int = Field(default=64, ge=1, le=4096)  # tokens per cached block
 
 
 class LlamaCppOptions(EngineOptions):
-    """llama.cpp: sequences in one context, threads, prompt chunk, batch invariance."""
+    """llama.cpp: sequences in one context, threads, prompt chunk, batch invariance, prefix cache."""
 
     parallel: int = Field(default=4, ge=1)
     n_threads: int | None = Field(default=None, ge=1)  # None: the physical cores
     n_batch: int = Field(default=512, ge=8)
     batch_invariant: bool = False
+    # Repacked CPU weight layouts (llama.cpp's extra buffer types); false is the safe mode that the native
+    # engine check (ai_stack/engines/probe.py) falls back to when they crash.
+    repack: bool = True
+    prefix_cache: bool = True  # keep a finished sequence's KV and reuse its longest common prefix
 
 
 class AutoOptions(TransformersOptions, LlamaCppOptions):
@@ -181,11 +190,17 @@ def _loader(engine: str) -> Any:
 
 
 def load_engine(spec: ModelSpec, config: Config) -> ChatEngine | SpeechEngine:
-    """Load the engine a model spec names (blocking; call from a worker thread)."""
+    """Load the engine a model spec names (blocking; call from a worker thread).
+
+    A native engine's configuration is first checked in a child process (ai_stack/engines/probe.py).
+    """
     info = ENGINES[spec.engine]
-    engine: ChatEngine | SpeechEngine = _loader(spec.engine)(
-        spec, config, info.options.model_validate(spec.options)
-    )
+    options = info.options.model_validate(spec.options)
+    if spec.engine == "llamacpp" and llamacpp_available():
+        from ai_stack.engines.probe import checked_llamacpp_options
+
+        options = checked_llamacpp_options(spec, config, cast(LlamaCppOptions, options))
+    engine: ChatEngine | SpeechEngine = _loader(spec.engine)(spec, config, options)
     return engine
 
 
@@ -204,9 +219,18 @@ def list_voices(spec: ModelSpec, config: Config) -> list[VoiceInfo]:
 
 
 def load_auto(spec: ModelSpec, config: Config, options: AutoOptions) -> ChatEngine:
-    """`auto`: llama.cpp for a GGUF source when it is installed, else transformers, with their own options."""
+    """`auto`: llama.cpp for a GGUF source when it is installed (and runs on this CPU), else transformers."""
     engine = resolve_engine(spec, config)
     info = ENGINES[engine]
     own = info.options.model_validate(options.model_dump(include=set(info.options.model_fields)))
+    if engine == "llamacpp":
+        from ai_stack.engines.probe import NativeEngineFault, checked_llamacpp_options
+
+        try:
+            own = checked_llamacpp_options(spec, config, cast(LlamaCppOptions, own))
+        except NativeEngineFault as exc:
+            log.error("model %s: %s; serving it with transformers instead", spec.id, exc)
+            engine, info = "transformers", ENGINES["transformers"]
+            own = info.options.model_validate(options.model_dump(include=set(info.options.model_fields)))
     loaded: ChatEngine = _loader(engine)(spec, config, own)
     return loaded

@@ -8,6 +8,12 @@ a sequence's logits do not depend on the other sequences in its batch (see `Llam
 Sampling runs the shared `RowSampler` on torch views of llama.cpp's logits, so temperature,
 top-p/top-k/min-p, penalties, seeds, logit bias, logprobs and llguidance grammars behave the same on both
 engines. Prompts are rendered and detokenized with the model's Hugging Face tokenizer.
+
+Prefix cache (as llama-server's slots): a sequence keeps its KV cells when its request ends, with the list of
+tokens they hold. A new request takes the free sequence whose kept tokens share the longest prefix with its
+prompt when that prefix is most of what the sequence keeps (the next turn of its conversation); otherwise the
+least recently used free sequence, into which the longest prefix found in any other sequence (kept or still
+running) is copied when it is long enough. Only the rest of the prompt is prefilled.
 """
 
 from __future__ import annotations
@@ -74,6 +80,34 @@ class _Request:
     next_token: int | None = None  # the sampled token to feed in the next decode step
     position: int = 0  # the position of next_token in the sequence
     sampler: RowSampler | None = None
+    cached: int = 0  # prompt tokens whose KV was reused instead of computed
+    decoded: list[int] = field(default_factory=list)  # generated tokens whose KV is in the sequence
+
+    def kv_tokens(self) -> list[int]:
+        """The tokens whose KV the sequence holds now, in position order."""
+        return self.prompt[: self.fed] + self.decoded
+
+
+@dataclass
+class _Slot:
+    """A sequence between requests: the tokens its kept KV cells hold, and when it was last used."""
+
+    tokens: list[int] = field(default_factory=list)
+    used: int = 0  # the admission count when it was last given to a request (0: never)
+
+
+# A prefix found in another sequence is copied (a copy of that sequence's whole KV stream) only when it saves
+# at least this many prompt tokens: below that, computing them costs about as much as the copy.
+MIN_COPY_TOKENS = 32
+
+
+def common_prefix(a: list[int], b: list[int]) -> int:
+    """The length of the longest common prefix of two token lists."""
+    n = min(len(a), len(b))
+    i = 0
+    while i < n and a[i] == b[i]:
+        i += 1
+    return i
 
 
 class LlamaCppChatEngine(HFTextMixin):
@@ -93,6 +127,8 @@ class LlamaCppChatEngine(HFTextMixin):
         context_length: int | None = None,
         gpu: bool = False,
         batch_invariant: bool = False,
+        prefix_cache: bool = True,
+        repack: bool = True,
     ) -> None:
         import llama_cpp
 
@@ -108,7 +144,8 @@ class LlamaCppChatEngine(HFTextMixin):
         # Batch invariance (a greedy answer must not depend on what else is decoded beside it): the CPU
         # backend's repacked weight layouts use one kernel for a single row and another for several, and
         # their sums differ in the last bits, enough to flip a near tie. Plain layouts compute each row alike.
-        model_params.use_extra_bufts = not batch_invariant
+        # repack = false is also the safe mode for CPUs whose repack kernels crash (engines/probe.py).
+        model_params.use_extra_bufts = repack and not batch_invariant
         self._model = llama_cpp.llama_model_load_from_file(gguf_path.encode(), model_params)
         if not self._model:
             raise EngineLoadError(f"llama.cpp could not load {gguf_path}")
@@ -136,6 +173,11 @@ class LlamaCppChatEngine(HFTextMixin):
             raise EngineLoadError(f"llama.cpp could not create a context for {gguf_path}")
         self.context_length = min(per_seq, int(llama_cpp.llama_n_ctx_seq(self._ctx)))
         self._memory = llama_cpp.llama_get_memory(self._ctx)
+        # A recurrent state cannot be cut back to a prefix: such models recompute every prompt.
+        recurrent = llama_cpp.llama_model_is_recurrent(self._model) or llama_cpp.llama_model_is_hybrid(
+            self._model
+        )
+        self.prefix_cache = prefix_cache and not recurrent
         self._batch = llama_cpp.llama_batch_init(n_batch, 0, 1)
         self.device = "cuda" if gpu else "cpu"
         self.eos_ids = eos_ids_of(generation_config, tokenizer)
@@ -146,9 +188,20 @@ class LlamaCppChatEngine(HFTextMixin):
         self._waiting: deque[_Request] = deque()
         self._active: dict[int, _Request] = {}
         self._free_seqs = list(range(parallel))
+        self._slots = [_Slot() for _ in range(parallel)]
         self._closed = False
-        # Counters, for tests and metrics: sequences started / freed, decode calls, batched rows.
-        self.stats = {"admitted": 0, "freed": 0, "decodes": 0, "rows": 0, "max_batch_seqs": 0}
+        # Counters, for tests and metrics: sequences started / freed, decode calls, batched rows, prompt
+        # tokens reused / computed, prefixes copied between sequences.
+        self.stats = {
+            "admitted": 0,
+            "freed": 0,
+            "decodes": 0,
+            "rows": 0,
+            "max_batch_seqs": 0,
+            "cached_tokens": 0,
+            "computed_tokens": 0,
+            "prefix_copies": 0,
+        }
         self._thread = threading.Thread(target=self._run, name="llamacpp-scheduler", daemon=True)
         self._thread.start()
 
@@ -206,9 +259,14 @@ class LlamaCppChatEngine(HFTextMixin):
     # --- the scheduler ------------------------------------------------------------------------------------
 
     def busy_sequences(self) -> int:
-        """How many sequences hold KV cells now (for tests: 0 once every request has ended)."""
+        """How many sequences serve a request now (for tests: 0 once every request has ended)."""
         with self._cond:
             return len(self._active)
+
+    def kept_tokens(self) -> list[list[int]]:
+        """Each sequence's tokens kept for reuse (empty while it serves a request or after a clear)."""
+        with self._cond:
+            return [list(slot.tokens) for slot in self._slots]
 
     def _run(self) -> None:
         try:
@@ -234,7 +292,7 @@ class LlamaCppChatEngine(HFTextMixin):
             self._waiting.clear()
         for request in requests:
             if request.seq >= 0:
-                self._release(request)
+                self._release(request, keep=False)  # a failed decode may have left its cells half written
             request.outcome = exc
             request.done.set()
 
@@ -244,22 +302,78 @@ class LlamaCppChatEngine(HFTextMixin):
             self._waiting.remove(request)
             request.outcome = GenerationCancelled()
             request.done.set()
+        copying: set[int] = set()  # sources and targets of copies pending until the next decode: no chains
         while self._waiting and self._free_seqs:
             request = self._waiting.popleft()
-            request.seq = self._free_seqs.pop(0)
-            self._setup(request)
+            request.sampler = self.row_sampler(request.params, request.prompt, request.emit, request.grammar)
+            self._place(request, copying)
             self._active[request.seq] = request
             self.stats["admitted"] += 1
+            self.stats["cached_tokens"] += request.cached
+            self.stats["computed_tokens"] += len(request.prompt) - request.cached
 
-    def _setup(self, request: _Request) -> None:
-        request.sampler = self.row_sampler(request.params, request.prompt, request.emit, request.grammar)
-        # A fresh sequence: make sure no cells of an earlier user remain.
-        self._ll.llama_memory_seq_rm(self._memory, request.seq, -1, -1)
+    def _place(self, request: _Request, copying: set[int]) -> None:
+        """Give the request a free sequence with the longest cached prefix of its prompt worth taking."""
+        prompt, free = request.prompt, self._free_seqs
+        use = self.stats["admitted"] + 1
+        if not self.prefix_cache:
+            self._take(request, free[0], 0, None, use)
+            return
+        shared = {seq: common_prefix(self._slots[seq].tokens, prompt) for seq in free}
+        best = max(free, key=lambda seq: (shared[seq], -self._slots[seq].used))
+        if shared[best] > 0 and 2 * shared[best] >= len(self._slots[best].tokens):
+            # The prompt continues what this sequence holds (a conversation's next turn, a retry).
+            self._take(request, best, shared[best], None, use)
+            return
+        # Else the least recently used free sequence (empty ones first): the others keep their prefixes.
+        seq = min(free, key=lambda s: (bool(self._slots[s].tokens), self._slots[s].used))
+        own = shared[seq]
+        source, length = None, own
+        for other in range(self.parallel):
+            if seq in copying or other == seq or other in copying:
+                continue
+            running = self._active.get(other)
+            held = running.kv_tokens() if running is not None else self._slots[other].tokens
+            found = common_prefix(held, prompt)
+            if found > length and found >= own + MIN_COPY_TOKENS:
+                source, length = other, found
+        if source is not None:
+            copying.update((seq, source))
+        self._take(request, seq, length, source, use)
 
-    def _release(self, request: _Request) -> None:
-        """Free the sequence's KV cells and its slot."""
-        self._ll.llama_memory_seq_rm(self._memory, request.seq, -1, -1)
+    def _take(self, request: _Request, seq: int, reuse: int, source: int | None, use: int) -> None:
+        """Hand `seq` to the request with the KV of its first `reuse` prompt tokens (copied from source)."""
+        self._free_seqs.remove(seq)
+        slot = self._slots[seq]
+        slot.tokens, slot.used = [], use
+        memory, ll = self._memory, self._ll
+        # At least the last prompt token is decoded: its logits give the first answer token.
+        reuse = min(reuse, len(request.prompt) - 1)
+        if source is not None:
+            # Sequences live in separate KV streams: the copy takes the whole stream (done at the next
+            # decode), and what lies past the shared prefix is dropped below.
+            ll.llama_memory_seq_cp(memory, source, seq, -1, -1)
+            self.stats["prefix_copies"] += 1
+        if reuse > 0:
+            kept = ll.llama_memory_seq_rm(memory, seq, reuse, -1)
+            # The cells of positions 0..reuse-1 must all be there (a sliding window may have dropped some).
+            if (
+                not kept
+                or ll.llama_memory_seq_pos_min(memory, seq) != 0
+                or ll.llama_memory_seq_pos_max(memory, seq) != reuse - 1
+            ):
+                reuse = 0
+        if reuse == 0:
+            ll.llama_memory_seq_rm(memory, seq, -1, -1)
+        request.seq, request.fed, request.cached = seq, reuse, reuse
+
+    def _release(self, request: _Request, keep: bool = True) -> None:
+        """Free the request's sequence; its KV cells stay for reuse when the prefix cache is on and keep."""
+        tokens = request.kv_tokens() if keep and self.prefix_cache else []
+        if not tokens:
+            self._ll.llama_memory_seq_rm(self._memory, request.seq, -1, -1)
         with self._cond:
+            self._slots[request.seq].tokens = tokens
             self._active.pop(request.seq, None)
             self._free_seqs.append(request.seq)
             self._free_seqs.sort()
@@ -271,13 +385,14 @@ class LlamaCppChatEngine(HFTextMixin):
             request.sampler.flush()
         finally:
             self._release(request)
-            request.outcome = Generation(reason, request.sampler.produced)
+            request.outcome = Generation(reason, request.sampler.produced, cached_tokens=request.cached)
             request.done.set()
 
     def _step(self) -> None:
         """One llama_decode: a prompt chunk of an admitted request, else a token per running sequence."""
         batch = self._batch
         rows: list[tuple[int, _Request]] = []
+        fed: list[tuple[_Request, int]] = []  # generated tokens decoded in this step, for the prefix cache
         n = 0
         for request in list(self._active.values()):
             if request.cancel.is_set():
@@ -292,6 +407,7 @@ class LlamaCppChatEngine(HFTextMixin):
                 continue
             self._put(n, request.next_token, request.position, request.seq, True)
             rows.append((n, request))
+            fed.append((request, request.next_token))
             n += 1
         if prefill is not None:
             take = min(len(prefill.prompt) - prefill.fed, self.n_batch - n)
@@ -311,6 +427,8 @@ class LlamaCppChatEngine(HFTextMixin):
             raise RuntimeError(f"llama_decode failed with status {result}")
         self.stats["decodes"] += 1
         self.stats["rows"] += len(rows)
+        for request, token in fed:
+            request.decoded.append(token)
         self.stats["max_batch_seqs"] = max(self.stats["max_batch_seqs"], len(rows))
         for index, request in rows:
             try:
@@ -401,6 +519,8 @@ def load_llamacpp(
         context_length=context_length,
         gpu=gpu,
         batch_invariant=batch_invariant,
+        prefix_cache=options.prefix_cache,
+        repack=options.repack,
     )
     log.info(
         "loaded %s with llama.cpp on %s in %.1f s: %d slots of %d tokens, %d threads",

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
-from transformers.cache_utils import DynamicLayer
+from transformers.cache_utils import DynamicCache, DynamicLayer
 
 from ai_stack.engines.base import (
     EngineLoadError,
@@ -27,6 +27,7 @@ from ai_stack.engines.base import (
 from ai_stack.engines.catalog import TransformersOptions
 from ai_stack.engines.hf_text import HFTextMixin, eos_ids_of
 from ai_stack.engines.kv_batch import BatchKV
+from ai_stack.engines.prefix_cache import PrefixCache
 from ai_stack.engines.sampling import GrammarMask
 from ai_stack.engines.torch_device import (
     cpu_packs_fp16,
@@ -43,6 +44,9 @@ log = logging.getLogger(__name__)
 
 DEFAULTS = TransformersOptions()
 IDLE_EXIT_S = 5.0  # the scheduler thread ends after this long with nothing to do (a new request restarts it)
+
+# One cached block of tokens: each layer's (keys, values), [1, kv heads, block tokens, head dim], owned.
+KVBlock = tuple[tuple[torch.Tensor, torch.Tensor], ...]
 
 
 @dataclass
@@ -79,6 +83,8 @@ class _Row:
         self.ids = torch.tensor([request.prompt.token_ids], dtype=torch.long, device=device)
         self.position = len(request.prompt.token_ids)  # the position of the next token fed to the model
         self.next_token = -1
+        self.fed: list[int] = []  # tokens fed by decode steps after the prompt: the KV holds prompt + fed
+        self.cached = 0  # prompt tokens whose KV came from the prefix cache
         self.finish: FinishReason | None = None
         self.error: BaseException | None = None
 
@@ -92,6 +98,11 @@ class TransformersChatEngine(HFTextMixin):
     pass per step decodes a token for every row; each row then goes through its own logits processing,
     sampling (its own generator) and stop checks, and leaves the batch when it ends. A batch of one runs the
     single-request path (no mask, no positions).
+
+    With a prefix cache, a prompt's KV is stored in blocks once its prefill ends (so requests admitted after
+    it, such as the other choices of `n` or concurrent requests with the same system prompt, reuse it), and
+    the KV of prompt and answer once the request ends (so the next turn of a chat reuses it). A request then
+    starts from the longest cached chain of blocks and prefills only the rest.
     """
 
     engine_kind = "transformers"
@@ -104,6 +115,9 @@ class TransformersChatEngine(HFTextMixin):
         context_length: int,
         max_batch: int = DEFAULTS.max_batch,
         prefill_chunk: int = DEFAULTS.prefill_chunk,
+        prefix_cache: bool = DEFAULTS.prefix_cache,
+        prefix_cache_bytes: int = DEFAULTS.prefix_cache_bytes,
+        prefix_cache_block: int = DEFAULTS.prefix_cache_block,
     ) -> None:
         self.model, self.tokenizer, self.device, self.context_length = (
             model,
@@ -128,6 +142,10 @@ class TransformersChatEngine(HFTextMixin):
         self._kv = BatchKV()  # the rows' merged KV cache, in the order of _rows
         self._batchable: bool | None = None  # whether the model's cache layers can be padded and merged
         self.peak_batch = 0  # the most rows one decode step has served (for tests and diagnostics)
+        # Prompt (and answer) KV by token blocks, on the model's device; None when off. Scheduler thread only.
+        self.prefix_cache: PrefixCache[KVBlock] | None = None
+        if prefix_cache and prefix_cache_bytes > 0:
+            self.prefix_cache = PrefixCache(prefix_cache_block, prefix_cache_bytes)
 
     def generate(
         self,
@@ -241,6 +259,54 @@ class TransformersChatEngine(HFTextMixin):
             self._finish(row)
             return
         self._prefill = _Prefill(row)
+        self._reuse_prefix(self._prefill)
+
+    def _reuse_prefix(self, prefill: _Prefill) -> None:
+        """Start the prefill from the longest cached prefix of its prompt (all but its last token at most:
+        that one's logits give the first answer token)."""
+        if self.prefix_cache is None or not self._batchable:
+            return
+        prompt = prefill.row.request.prompt.token_ids
+        blocks = self.prefix_cache.match(prompt, len(prompt) - 1)
+        if not blocks:
+            return
+        try:
+            cache = DynamicCache(config=self.model.config)
+            layer: Any
+            for index, layer in enumerate(cache.layers):
+                keys = torch.cat([block[index][0] for block in blocks], dim=-2)
+                values = torch.cat([block[index][1] for block in blocks], dim=-2)
+                layer.lazy_initialization(keys, values)
+                layer.keys, layer.values = keys, values
+        except Exception:  # e.g. out of memory: compute the prompt instead
+            log.warning("a cached prefix could not be restored; prefilling the whole prompt", exc_info=True)
+            return
+        prefill.cache = cache
+        prefill.fed = prefill.row.cached = len(blocks) * self.prefix_cache.block_size
+
+    def _remember(self, tokens: list[int], cache: Any, row: int) -> None:
+        """Store the full blocks of `tokens` whose KV is row `row` of `cache` (right-aligned: a batch's rows
+        are left-padded), copying each block's slices so the batch's tensors can be freed."""
+        if self.prefix_cache is None or not self._batchable:
+            return
+        layers = cache.layers
+        offset = int(layers[0].keys.shape[-2]) - len(tokens)  # this row's left padding
+        if offset < 0:  # cannot happen while the KV holds prompt + fed; never store a wrong slice
+            log.warning("a row's KV is shorter than its tokens; not cached")
+            return
+
+        def make(start: int, end: int) -> tuple[KVBlock, int]:
+            cut = slice(offset + start, offset + end)
+            block = tuple(
+                (layer.keys[row : row + 1, :, cut, :].clone(), layer.values[row : row + 1, :, cut, :].clone())
+                for layer in layers
+            )
+            return block, sum(k.numel() * k.element_size() + v.numel() * v.element_size() for k, v in block)
+
+        try:
+            self.prefix_cache.store(tokens, make)
+        except Exception:  # e.g. out of memory while copying: the request itself is not affected
+            log.warning("storing a prefix in the cache failed", exc_info=True)
 
     def _prefill_chunk(self, budget: int | None) -> int:
         """Feed the next chunk of the prefilling prompt (all the rest when budget is None); once the prompt
@@ -266,6 +332,7 @@ class TransformersChatEngine(HFTextMixin):
                 self._batchable = all(type(layer) is DynamicLayer for layer in out.cache.layers)
                 if not self._batchable:
                     log.info("this model's cache layers cannot be merged: one request at a time")
+            self._remember(request.prompt.token_ids, prefill.cache, 0)
             if request.cancel.is_set():
                 row.finish = "stop"
             else:
@@ -315,6 +382,7 @@ class TransformersChatEngine(HFTextMixin):
         logits = out.logits[:, -1, :].float()
         for index, row in enumerate(rows):
             row.position += 1
+            row.fed.append(row.next_token)
             if row.request.cancel.is_set():
                 row.finish = "stop"
                 continue
@@ -329,8 +397,10 @@ class TransformersChatEngine(HFTextMixin):
         keep = [i for i, row in enumerate(self._rows) if row.finish is None and row.error is None]
         if len(keep) == len(self._rows):
             return
-        for row in self._rows:
+        for index, row in enumerate(self._rows):
             if row.finish is not None or row.error is not None:
+                if row.error is None:
+                    self._remember(row.request.prompt.token_ids + row.fed, self._kv.cache, index)
                 self._finish(row)
         self._rows = [self._rows[i] for i in keep]
         self._kv.keep(keep)
@@ -348,7 +418,7 @@ class TransformersChatEngine(HFTextMixin):
                 row.sampler.flush()
             except Exception as exc:
                 row.error = exc
-        outcome = Generation(row.finish or "stop", row.sampler.produced)
+        outcome = Generation(row.finish or "stop", row.sampler.produced, row.cached)
         request.result = row.error if row.error is not None else outcome
         request.done.set()
 
@@ -362,6 +432,8 @@ class TransformersChatEngine(HFTextMixin):
             thread.join(60)
         self.model = None
         self._kv.clear()
+        if self.prefix_cache is not None:
+            self.prefix_cache.clear()
         gc.collect()
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
@@ -375,6 +447,9 @@ def load_transformers(
     context_length: int | None = None,
     max_batch: int = DEFAULTS.max_batch,
     prefill_chunk: int = DEFAULTS.prefill_chunk,
+    prefix_cache: bool = DEFAULTS.prefix_cache,
+    prefix_cache_bytes: int = DEFAULTS.prefix_cache_bytes,
+    prefix_cache_block: int = DEFAULTS.prefix_cache_block,
 ) -> TransformersChatEngine:
     """Load a chat model from a local folder or hub id onto the chosen device."""
     started = time.monotonic()
@@ -410,7 +485,17 @@ def load_transformers(
         time.monotonic() - started,
         limit,
     )
-    return TransformersChatEngine(model, tokenizer, resolved_device, limit, max_batch, prefill_chunk)
+    return TransformersChatEngine(
+        model,
+        tokenizer,
+        resolved_device,
+        limit,
+        max_batch,
+        prefill_chunk,
+        prefix_cache=prefix_cache,
+        prefix_cache_bytes=prefix_cache_bytes,
+        prefix_cache_block=prefix_cache_block,
+    )
 
 
 def load(spec: ModelSpec, config: Config, options: TransformersOptions) -> TransformersChatEngine:
@@ -426,4 +511,7 @@ def load(spec: ModelSpec, config: Config, options: TransformersOptions) -> Trans
         context_length=spec.context_length,
         max_batch=options.max_batch,
         prefill_chunk=options.prefill_chunk,
+        prefix_cache=options.prefix_cache,
+        prefix_cache_bytes=options.prefix_cache_bytes,
+        prefix_cache_block=options.prefix_cache_block,
     )

@@ -7,9 +7,9 @@ import json
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from ai_stack.engines.base import ChatEngine, Prompt, SamplingParams, TokenLogprob
 from ai_stack.errors import ContextLengthExceeded, InvalidRequest, stream_error_body
@@ -25,11 +25,13 @@ from ai_stack.protocol import (
     Delta,
     FunctionCall,
     NamedToolChoice,
+    PromptTokensDetails,
     SamplingRequest,
     ToolCallOut,
     Usage,
 )
 from ai_stack.registry import ModelRegistry
+from ai_stack.serving.admission import Admission, Hold, Relay, request_timeout, shutting_down
 from ai_stack.serving.constraints import json_grammar, tool_grammar
 from ai_stack.serving.generation import ChoiceEvent, PreparedChat, RunResult, run_choices
 from ai_stack.serving.parsers import ToolCall, detect_reasoning, detect_tool_format, prompt_opens_reasoning
@@ -59,10 +61,27 @@ RESERVED_TEMPLATE_KWARGS = frozenset(
 # No tokenizer packs more characters than this into a token on average over a long text: a text longer than
 # context_length times this is refused before it is tokenized.
 CHARS_PER_TOKEN_BOUND = 32
+T = TypeVar("T")
 
 
 class ClientDisconnected(Exception):
     """The client went away before its answer was ready; the generation was cancelled."""
+
+
+async def unless_disconnected(
+    work: Coroutine[Any, Any, T], wait_disconnect: Callable[[], Awaitable[None]]
+) -> T:
+    """Run work to its end, or cancel it and raise ClientDisconnected once the client has gone."""
+    task = asyncio.ensure_future(work)
+    watcher = asyncio.ensure_future(wait_disconnect())
+    try:
+        done, _ = await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+        if task not in done:
+            task.cancel()
+            raise ClientDisconnected()
+        return task.result()
+    finally:
+        watcher.cancel()
 
 
 def _messages(request: ChatCompletionRequest) -> list[dict[str, Any]]:
@@ -114,7 +133,7 @@ def _template_tool_call(call: dict[str, Any], param: str) -> dict[str, Any]:
 
 
 def usage_of(chat: PreparedChat, results: list[RunResult]) -> Usage:
-    """OpenAI usage of a finished request: prompt, completion and reasoning tokens."""
+    """OpenAI usage of a finished request: prompt (and its cached part), completion and reasoning tokens."""
     prompt_tokens = len(chat.prompt.token_ids)
     completion = sum(r.completion_tokens for r in results)
     return Usage(
@@ -123,6 +142,10 @@ def usage_of(chat: PreparedChat, results: list[RunResult]) -> Usage:
         total_tokens=prompt_tokens + completion,
         completion_tokens_details=CompletionTokensDetails(
             reasoning_tokens=sum(r.reasoning_tokens for r in results)
+        ),
+        # The choices share one prompt: its cached part is counted once.
+        prompt_tokens_details=PromptTokensDetails(
+            cached_tokens=max((r.cached_tokens for r in results), default=0)
         ),
     )
 
@@ -183,6 +206,9 @@ class ChatService:
     def __init__(self, registry: ModelRegistry, metrics: Metrics | None = None) -> None:
         self.registry = registry
         self.metrics = metrics
+        # Overload control: every generating route is admitted in bind() and runs through events().
+        self.admission = Admission(registry.config.server, metrics)
+        self._relays: set[Relay[ChoiceEvent]] = set()  # generations running now (ended at shutdown)
 
     def _record(self, chat: PreparedChat, results: list[RunResult], started: float) -> None:
         if self.metrics is not None:
@@ -193,6 +219,7 @@ class ChatService:
                     len(chat.prompt.token_ids),
                     result.completion_tokens,
                     time.monotonic() - started,
+                    cached_tokens=result.cached_tokens,
                 )
 
     def _check_template_kwargs(self, kwargs: dict[str, Any]) -> None:
@@ -224,8 +251,12 @@ class ChatService:
                 param=param,
             )
 
-    async def prepare(self, request: ChatCompletionRequest) -> PreparedChat:
-        """Find the model, render the prompt, set up constraints and parsers, and check the context fits."""
+    async def prepare(self, request: ChatCompletionRequest, *, admit: bool = True) -> PreparedChat:
+        """Find the model, render the prompt, set up constraints and parsers, and check the context fits.
+
+        admit=False: the prompt is only inspected (token counts), never generated from: it takes no place.
+        """
+        await self.registry.wait_ready(request.model)  # a model that loads on demand (memory budget)
         entry, engine = self.registry.chat_engine(request.model)
         template = engine.chat_template
         template_kwargs = dict(request.chat_template_kwargs or {})
@@ -279,6 +310,7 @@ class ChatService:
             # A prompt that already closes the think block (thinking off) leaves no reasoning to parse.
             reasoning=reasoning and not prompt.text.rstrip().endswith("</think>"),
             in_reasoning=reasoning and prompt_opens_reasoning(prompt.text),
+            admit=admit,
         )
 
     async def prepare_raw(
@@ -294,6 +326,7 @@ class ChatService:
 
         The request's sampling fields, stops, n, response_format and limits apply as they do for chat.
         """
+        await self.registry.wait_ready(request.model)  # a model that loads on demand (memory budget)
         entry, engine = self.registry.chat_engine(request.model)
         grammar = None
         if request.response_format is not None:
@@ -329,9 +362,14 @@ class ChatService:
         grammar: str | None = None,
         logprobs: int | None = None,
         stops: list[str] | None = None,
+        admit: bool = True,
         **parsing: Any,
     ) -> PreparedChat:
-        """Check prompt and completion fit the context; bind the sampling parameters (every route)."""
+        """Check prompt and completion fit the context; bind the sampling parameters (every route).
+
+        A request without a completion limit gets the server's default_max_tokens. Last, the request takes
+        its place in the model's queue: Overloaded (429) when there is none.
+        """
         bias: dict[int, float] | None = None
         if request.logit_bias:
             vocab = engine.vocab_size
@@ -357,7 +395,7 @@ class ChatService:
                 param="max_tokens" if limit and used < context else "messages",
             )
         params = SamplingParams(
-            max_tokens=limit if limit is not None else context - used,
+            max_tokens=limit if limit is not None else self._default_limit(context - used),
             temperature=request.temperature,
             top_p=request.top_p,
             top_k=request.top_k,
@@ -378,26 +416,75 @@ class ChatService:
             list(request.stop or []) if stops is None else stops,
             n=request.n,
             logprobs=logprobs is not None,
+            admission=self._admit(model_id, engine, request.n) if admit else None,
             **parsing,
         )
 
+    def _default_limit(self, room: int) -> int:
+        """The completion limit of a request that sets none: default_max_tokens, within the context."""
+        cap = self.registry.config.server.default_max_tokens
+        return min(room, cap) if cap else room
+
+    def _admit(self, model_id: str, engine: ChatEngine, n: int) -> Hold:
+        entry = self.registry.entries.get(model_id)
+        return self.admission.admit(model_id, entry.spec if entry is not None else None, engine, n)
+
+    def shutdown(self) -> None:
+        """The server is stopping: refuse new requests, end waiting and running ones with an error."""
+        self.admission.shutdown()
+        for relay in list(self._relays):
+            relay.abort("shutdown", shutting_down("; the answer was cut short"))
+
     async def events(self, chat: PreparedChat) -> AsyncIterator[ChoiceEvent]:
-        """Every choice's events as they come; closing the iterator cancels; metrics at the end."""
+        """Every choice's events as they come; closing the iterator cancels; metrics at the end.
+
+        The request first waits (on the loop, no thread) for a generation slot of its model; a deadline
+        (queue_timeout, request_timeout) or a server shutdown ends it with an APIError, raised here.
+        """
+        hold = chat.admission or self._admit(chat.model_id, chat.engine, chat.n)
+        ticket = hold.ticket
         cancels = [threading.Event() for _ in range(chat.n)]
-        started = time.monotonic()
         results: list[RunResult] = [RunResult() for _ in range(chat.n)]
-        events = run_choices(chat, cancels)
-        with self.registry.in_use(chat.model_id):  # an idle keep-alive never unloads a model mid-answer
-            try:
-                async for event in events:
-                    if event.result is not None:
-                        results[event.index] = event.result
-                    yield event
-                self._record(chat, results, started)
-            finally:
-                for cancel in cancels:
-                    cancel.set()
-                await events.aclose()  # type: ignore[attr-defined]
+        relay: Relay[ChoiceEvent] = Relay(run_choices(chat, cancels), cancels)
+        ended = False  # the generation ended on its own or with an engine error (not an abort)
+        generating = False
+        try:
+            async with ticket.running():
+                generating = True
+                started = time.monotonic()
+                deadline, loop = ticket.request_deadline, ticket.queue.loop
+                timer = None if deadline is None else loop.call_at(deadline, self._expire, relay, chat)
+                self._relays.add(relay)
+                events = relay.stream()
+                # an idle keep-alive never unloads a model mid-answer
+                with self.registry.in_use(chat.model_id):
+                    try:
+                        async for event in events:
+                            if event.result is not None:
+                                results[event.index] = event.result
+                            yield event
+                        ended = True
+                        self._record(chat, results, started)
+                    except Exception:
+                        ended = relay.aborted is None
+                        raise
+                    finally:
+                        if timer is not None:
+                            timer.cancel()
+                        self._relays.discard(relay)
+                        for cancel in cancels:
+                            cancel.set()
+                        await events.aclose()  # type: ignore[attr-defined]
+        finally:
+            hold.close()
+            if generating and not ended and self.metrics is not None:
+                self.metrics.record_abort(chat.model_id, relay.aborted or "cancelled")
+
+    def _expire(self, relay: Relay[ChoiceEvent], chat: PreparedChat) -> None:
+        """request_timeout passed while the request generated: stop it with a clear error."""
+        if relay.aborted is None and not relay.finished and self.metrics is not None:
+            self.metrics.record_deadline(chat.model_id, "request")
+        relay.abort("deadline", request_timeout(self.registry.config.server))
 
     async def collect(
         self, chat: PreparedChat, wait_disconnect: Callable[[], Awaitable[None]]
@@ -413,16 +500,7 @@ class ChatService:
             finally:
                 await events.aclose()  # type: ignore[attr-defined]
 
-        collector = asyncio.ensure_future(collect())
-        watcher = asyncio.ensure_future(wait_disconnect())
-        try:
-            done, _ = await asyncio.wait({collector, watcher}, return_when=asyncio.FIRST_COMPLETED)
-            if collector not in done:
-                collector.cancel()
-                raise ClientDisconnected()
-            collector.result()
-        finally:
-            watcher.cancel()
+        await unless_disconnected(collect(), wait_disconnect)
         return texts
 
     async def complete(

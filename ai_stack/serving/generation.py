@@ -14,7 +14,7 @@ import string
 import threading
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ai_stack.engines.base import (
     ChatEngine,
@@ -26,6 +26,9 @@ from ai_stack.engines.base import (
     TokenLogprob,
 )
 from ai_stack.serving.parsers import OutputParser, ParsedDelta
+
+if TYPE_CHECKING:
+    from ai_stack.serving.admission import Hold
 
 
 class StopMatcher:
@@ -124,6 +127,7 @@ class RunResult:
     completion_tokens: int = 0
     reasoning_tokens: int = 0
     stop_sequence: str | None = None  # the stop sequence that ended the text, when one did
+    cached_tokens: int = 0  # prompt tokens served from the prefix cache
 
 
 @dataclass
@@ -252,6 +256,7 @@ async def generate_text(
                 yield tail
             result.finish_reason = generation.finish_reason
         result.completion_tokens = generation.completion_tokens
+        result.cached_tokens = generation.cached_tokens
     finally:
         cancel.set()
 
@@ -273,6 +278,8 @@ class PreparedChat:
     reasoning: bool = False
     in_reasoning: bool = False
     tool_schemas: dict[str, dict[str, Any] | None] | None = None  # each offered tool's parameters
+    # Its place in the model's queue (ai_stack/serving/admission.py), taken when it was prepared.
+    admission: Hold | None = field(default=None, repr=False, compare=False)
 
     def parser(self) -> OutputParser | None:
         """A fresh output parser for one choice, or None when the text is all content."""

@@ -601,7 +601,7 @@ async def count_tokens(request: Request) -> Response:
     """POST /v1/messages/count_tokens: the prompt's tokens as the model's template renders it."""
     body = await parse_body(request, CountTokensRequest)
     service: ChatService = request.app.state.chat
-    chat = await service.prepare(chat_request(body))
+    chat = await service.prepare(chat_request(body), admit=False)  # counted, never generated
     return JSONResponse({"input_tokens": len(chat.prompt.token_ids)})
 
 

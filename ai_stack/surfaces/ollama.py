@@ -29,7 +29,7 @@ from ai_stack.errors import ContextLengthExceeded, InvalidRequest, ModelNotFound
 from ai_stack.protocol import ChatCompletionRequest, SamplingRequest
 from ai_stack.registry import ModelEntry, ModelRegistry, ModelState
 from ai_stack.routes import disconnect_waiter, parse_body
-from ai_stack.serving.chat import ChatService, ClientDisconnected
+from ai_stack.serving.chat import ChatService, ClientDisconnected, unless_disconnected
 from ai_stack.serving.fim import fim_family, fim_prompt, fim_stops, stop_at_fim_ends
 from ai_stack.serving.generation import PreparedChat, RunResult
 from ai_stack.serving.parsers import ToolCall, detect_reasoning, detect_tool_format
@@ -450,16 +450,7 @@ async def _whole(parts: AsyncIterator[Part], request: Request) -> Part:
         finally:
             await parts.aclose()  # type: ignore[attr-defined]
 
-    consumer = asyncio.ensure_future(consume())
-    watcher = asyncio.ensure_future(disconnect_waiter(request)())
-    try:
-        done, _ = await asyncio.wait({consumer, watcher}, return_when=asyncio.FIRST_COMPLETED)
-        if consumer not in done:
-            consumer.cancel()
-            raise ClientDisconnected()
-        consumer.result()
-    finally:
-        watcher.cancel()
+    await unless_disconnected(consume(), disconnect_waiter(request))
     return total
 
 
@@ -555,6 +546,8 @@ def _fit(chat: PreparedChat, options: OllamaOptions | None) -> PreparedChat:
     """Cap the answer by num_predict (<= 0: up to the context) and num_ctx (caps prompt + answer)."""
     options = options or OllamaOptions()
     used, limit = len(chat.prompt.token_ids), chat.params.max_tokens
+    if options.num_predict is not None and options.num_predict > 0:
+        limit = chat.engine.context_length - used  # num_predict replaces the server's default_max_tokens
     if options.num_ctx is not None:
         if used >= options.num_ctx:
             raise ContextLengthExceeded(

@@ -26,7 +26,7 @@ from ai_stack.config import Config
 from ai_stack.errors import APIError, InvalidRequest, NotFound, stream_error_body
 from ai_stack.protocol import ChatCompletionRequest
 from ai_stack.routes import disconnect_waiter, parse_body
-from ai_stack.serving.chat import ChatService, ClientDisconnected, usage_of
+from ai_stack.serving.chat import ChatService, ClientDisconnected, unless_disconnected, usage_of
 from ai_stack.serving.generation import ChoiceEvent, PreparedChat, RunResult
 from ai_stack.surfaces.response_items import (
     ResponsesRequest,
@@ -426,16 +426,7 @@ async def _collect(
         finally:
             await events.aclose()  # type: ignore[attr-defined]
 
-    collector = asyncio.ensure_future(consume())
-    watcher = asyncio.ensure_future(wait_disconnect())
-    try:
-        done, _ = await asyncio.wait({collector, watcher}, return_when=asyncio.FIRST_COMPLETED)
-        if collector not in done:
-            collector.cancel()
-            raise ClientDisconnected()
-        collector.result()
-    finally:
-        watcher.cancel()
+    await unless_disconnected(consume(), wait_disconnect)
 
 
 def _sse(event: dict[str, Any]) -> str:
