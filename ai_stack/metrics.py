@@ -112,7 +112,6 @@ class Metrics:
         self.completion_tokens.labels(model).inc(completion)
         self.generation_seconds.labels(model).observe(seconds)
 
-
     def record_queue(self, model: str, waiting: int, running: int) -> None:
         """The model's queue depth and running requests now."""
         self.requests_waiting.labels(model).set(waiting)
@@ -129,6 +128,7 @@ class Metrics:
     def record_abort(self, model: str, reason: str) -> None:
         """Count one generation stopped early ("cancelled", "deadline", "shutdown")."""
         self.generations_aborted.labels(model, reason).inc()
+
 
 async def metrics_endpoint(request: Request) -> Response:
     """GET /metrics in the Prometheus text format."""

@@ -28,6 +28,35 @@ from ai_stack.protocol import (
     ModelList,
     SpeechRequest,
 )
+from ai_stack.surfaces.completions import CompletionRequest, InfillRequest, LlamaCompletionRequest
+from ai_stack.surfaces.completions_schemas import (
+    LlamaCompletion,
+    LlamaStreamEvent,
+    TextCompletion,
+    TextCompletionChunk,
+)
+from ai_stack.surfaces.messages import CountTokensRequest, MessagesRequest
+from ai_stack.surfaces.messages_schemas import Message, MessageStreamEvent, TokenCount
+from ai_stack.surfaces.ollama import ModelName, OllamaChatRequest, OllamaGenerateRequest
+from ai_stack.surfaces.ollama_schemas import (
+    OllamaChatResponse,
+    OllamaGenerateResponse,
+    OllamaModelList,
+    OllamaRunningList,
+    OllamaShow,
+    OllamaStatus,
+    OllamaVersion,
+)
+from ai_stack.surfaces.response_items import ResponsesRequest
+from ai_stack.surfaces.responses_schemas import (
+    InputItemList,
+    ResponseDeleted,
+    ResponseObject,
+    ResponseStreamEvent,
+)
+
+SSE = "text/event-stream"
+NDJSON = "application/x-ndjson"
 
 
 class ErrorDetail(BaseModel):
@@ -43,6 +72,40 @@ class ErrorResponse(BaseModel):
     """OpenAI's error body: every 4xx and 5xx of the OpenAI routes."""
 
     error: ErrorDetail
+
+
+class AnthropicErrorDetail(BaseModel):
+    """Anthropic's error object: its error type (invalid_request_error, not_found_error, ...) and message."""
+
+    type: str
+    message: str
+
+
+class AnthropicError(BaseModel):
+    """Anthropic's error body: every 4xx and 5xx of /v1/messages*."""
+
+    type: Literal["error"]
+    error: AnthropicErrorDetail
+
+
+class OllamaError(BaseModel):
+    """Ollama's error body: every 4xx and 5xx of /api/* (and an error line in an NDJSON stream)."""
+
+    error: str
+
+
+class LlamaErrorDetail(BaseModel):
+    """llama.cpp server's error object: the HTTP status as code, a message and its error type."""
+
+    code: int
+    message: str
+    type: str
+
+
+class LlamaError(BaseModel):
+    """llama.cpp server's error body: every 4xx and 5xx of /infill and /completion."""
+
+    error: LlamaErrorDetail
 
 
 class Health(BaseModel):
@@ -109,11 +172,11 @@ class ApiRoute:
     request: type[BaseModel] | None
     response: type[BaseModel] | None
     summary: str
-    media_types: tuple[str, ...] = ()  # a non-JSON success body (audio, text/event-stream, text/plain)
+    media_types: tuple[str, ...] = ()  # a non-JSON success body (audio, event or NDJSON streams, text/plain)
     query: tuple[str, ...] = ()  # optional string query parameters
     error: type[BaseModel] = ErrorResponse  # the error body of the route's API
     status: int = 200
-    stream: type[BaseModel] | None = None  # the data events when the request asks for `stream: true`
+    stream: type[BaseModel] | None = None  # each event (SSE data) or line (NDJSON) of a streamed answer
     others: tuple[tuple[int, type[BaseModel], str], ...] = ()  # other statuses: (status, body, description)
 
 
@@ -140,7 +203,7 @@ OPENAPI_ROUTES: tuple[ApiRoute, ...] = (
         ChatCompletionRequest,
         ChatCompletion,
         "Create a chat completion (server-sent chunks with stream: true)",
-        media_types=("text/event-stream",),
+        media_types=(SSE,),
         stream=ChatCompletionChunk,
     ),
     ApiRoute(
@@ -149,10 +212,137 @@ OPENAPI_ROUTES: tuple[ApiRoute, ...] = (
         SpeechRequest,
         None,
         "Speak text: one audio file (FLAC sent whole, other formats streamed) or speech.audio.delta events",
-        media_types=(*dict.fromkeys(FORMATS.values()), "text/event-stream"),
+        media_types=(*dict.fromkeys(FORMATS.values()), SSE),
     ),
     ApiRoute("GET", "/v1/audio/voices", None, VoiceList, "Voices of every speech model", query=("model",)),
     ApiRoute("GET", "/v1/audio/models", None, AudioModelList, "The speech models"),
+    # OpenAI's legacy completions and llama.cpp server's completions (code completion, fill-in-the-middle).
+    ApiRoute(
+        "POST",
+        "/v1/completions",
+        CompletionRequest,
+        TextCompletion,
+        "Complete a raw prompt (fill-in-the-middle with suffix); server-sent chunks with stream: true",
+        media_types=(SSE,),
+        stream=TextCompletionChunk,
+    ),
+    ApiRoute(
+        "POST",
+        "/infill",
+        InfillRequest,
+        LlamaCompletion,
+        "llama.cpp fill-in-the-middle with other files as context; server-sent events with stream: true",
+        media_types=(SSE,),
+        error=LlamaError,
+        stream=LlamaStreamEvent,
+    ),
+    ApiRoute(
+        "POST",
+        "/completion",
+        LlamaCompletionRequest,
+        LlamaCompletion,
+        "llama.cpp completion of a raw prompt; server-sent events with stream: true",
+        media_types=(SSE,),
+        error=LlamaError,
+        stream=LlamaStreamEvent,
+    ),
+    # OpenAI's Responses API.
+    ApiRoute(
+        "POST",
+        "/v1/responses",
+        ResponsesRequest,
+        ResponseObject,
+        "Create a response (typed server-sent events with stream: true)",
+        media_types=(SSE,),
+        stream=ResponseStreamEvent,
+    ),
+    ApiRoute(
+        "GET",
+        "/v1/responses/{response_id}",
+        None,
+        ResponseObject,
+        "A stored response, or one being generated",
+        query=("stream",),
+    ),
+    ApiRoute("DELETE", "/v1/responses/{response_id}", None, ResponseDeleted, "Delete a stored response"),
+    ApiRoute(
+        "GET",
+        "/v1/responses/{response_id}/input_items",
+        None,
+        InputItemList,
+        "The input items of a response, earlier turns included",
+        query=("limit", "order", "after", "before"),
+    ),
+    ApiRoute(
+        "POST",
+        "/v1/responses/{response_id}/cancel",
+        None,
+        ResponseObject,
+        "Cancel a response being generated (it keeps the output made so far)",
+    ),
+    # Anthropic's Messages API.
+    ApiRoute(
+        "POST",
+        "/v1/messages",
+        MessagesRequest,
+        Message,
+        "Create a message (Anthropic's server-sent events with stream: true)",
+        media_types=(SSE,),
+        error=AnthropicError,
+        stream=MessageStreamEvent,
+    ),
+    ApiRoute(
+        "POST",
+        "/v1/messages/count_tokens",
+        CountTokensRequest,
+        TokenCount,
+        "Count a message request's prompt tokens",
+        error=AnthropicError,
+    ),
+    # Ollama's API.
+    ApiRoute("GET", "/api/version", None, OllamaVersion, "The Ollama API version served", error=OllamaError),
+    ApiRoute("GET", "/api/tags", None, OllamaModelList, "The chat models", error=OllamaError),
+    ApiRoute("GET", "/api/ps", None, OllamaRunningList, "The chat models loaded now", error=OllamaError),
+    ApiRoute("POST", "/api/show", ModelName, OllamaShow, "A chat model's details", error=OllamaError),
+    ApiRoute(
+        "POST",
+        "/api/chat",
+        OllamaChatRequest,
+        OllamaChatResponse,
+        "Chat: NDJSON lines unless stream is false",
+        media_types=(NDJSON,),
+        error=OllamaError,
+        stream=OllamaChatResponse,
+    ),
+    ApiRoute(
+        "POST",
+        "/api/generate",
+        OllamaGenerateRequest,
+        OllamaGenerateResponse,
+        "Generate from a prompt (raw, or fill-in-the-middle with suffix): NDJSON unless stream is false",
+        media_types=(NDJSON,),
+        error=OllamaError,
+        stream=OllamaGenerateResponse,
+    ),
+    ApiRoute(
+        "POST", "/api/pull", ModelName, OllamaStatus, "Start loading a configured model", error=OllamaError
+    ),
+    *(
+        ApiRoute(
+            method,
+            path,
+            None,
+            None,
+            "Refused (400): the models come from the config file",
+            error=OllamaError,
+        )
+        for method, path in (
+            ("POST", "/api/push"),
+            ("POST", "/api/create"),
+            ("POST", "/api/copy"),
+            ("DELETE", "/api/delete"),
+        )
+    ),
 )
 
 _PATH_PARAM = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
@@ -188,11 +378,12 @@ def openapi_document(
         for media in route.media_types:
             schema = (
                 schemas[(route.stream, "serialization")]
-                if media == "text/event-stream" and route.stream is not None
+                if media in (SSE, NDJSON) and route.stream is not None
                 else {"type": "string", "format": "binary"}
             )
             content[media] = {"schema": schema}
-        responses[str(route.status)] = {"description": route.summary, "content": content}
+        if content:  # a route that always refuses (Ollama's push, create, copy, delete) documents no success
+            responses[str(route.status)] = {"description": route.summary, "content": content}
         error = {"description": "An error, in the shape of the route's API", "content": {}}
         error["content"] = _json(schemas[(route.error, "serialization")])
         responses["4XX"] = error

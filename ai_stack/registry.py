@@ -173,10 +173,13 @@ class ModelRegistry:
         """Whether a request for this model, unloaded, loads it and waits (a budget or its keep_alive)."""
         return self.config.server.load_on_request and (self.budgeted or entry.spec.keep_alive is not None)
 
-    async def wait_ready(self, name: str) -> None:
-        """For a model that loads on demand: start its load if need be and wait for it (then serve it)."""
+    async def wait_ready(self, name: str, kind: str | None = None) -> None:
+        """For a model that loads on demand: start its load if need be and wait for it (then serve it).
+
+        A model of another kind than the request's is left alone (the engine lookup says why it cannot serve).
+        """
         entry = self.lookup(name)
-        if not self.loads_on_demand(entry):
+        if not self.loads_on_demand(entry) or (kind is not None and entry.spec.kind != kind):
             return
         if entry.state == ModelState.UNLOADED or (entry.state == ModelState.FAILED and entry.retryable):
             self.load(entry.spec.id)
@@ -211,7 +214,9 @@ class ModelRegistry:
         return None if seconds is None or seconds < 0 else seconds
 
     def _pin(self, model_id: str) -> None:
-        self._pinned[model_id] = time.monotonic() + PIN_SECONDS
+        # Only chat requests release a hold (in_use, when they start generating); a speech model is not held.
+        if self.entries[model_id].spec.kind == "chat":
+            self._pinned[model_id] = time.monotonic() + PIN_SECONDS
 
     @contextlib.contextmanager
     def in_use(self, model_id: str) -> Iterator[None]:
@@ -337,8 +342,10 @@ class ModelRegistry:
             )
             await self._fit_loaded(entry)
             limit = self._idle_limit(model_id)
-            if entry.state == ModelState.READY and limit is not None and not self._busy.get(model_id):
-                self._expires[model_id] = time.monotonic() + limit
+            ready = entry.state == ModelState.READY and not self._busy.get(model_id)
+            if ready and limit is not None and model_id not in self._expires:
+                # The request that asked for the load gets there first, even with keep_alive 0.
+                self._expires[model_id] = time.monotonic() + max(limit, PIN_SECONDS)
                 self._wake.set()
 
     def _measured_load(self, spec: ModelSpec) -> tuple[Engine, str, int]:
@@ -449,8 +456,10 @@ class ModelRegistry:
                 await asyncio.wait_for(self._released.wait(), timeout)
 
     async def _fit_loaded(self, entry: ModelEntry) -> None:
-        """After a load, with its measured memory: unload idle models while over the budget; a model that
-        alone exceeds its device's budget is unloaded again and fails with the reason."""
+        """After a load, with its measured memory: unload idle models while over the device's budget.
+
+        A model that alone exceeds its device's budget is unloaded again and fails with the reason.
+        """
         device, used = entry.memory_device or "cpu", entry.memory_bytes or 0
         budget = self._budget(device)
         if budget is None:

@@ -155,7 +155,7 @@ async def audio_speech(request: Request) -> Response:
     """POST /v1/audio/speech: one continuous audio file streamed as it is made, or SSE deltas."""
     body = await parse_body(request, SpeechRequest)
     service: SpeechService = request.app.state.speech
-    await _registry(request).wait_ready(service.route(body.model, body.voice_id))
+    await _registry(request).wait_ready(service.route(body.model, body.voice_id), "speech")
     speech = service.prepare(body)
     content = await service.start(speech)
     headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}

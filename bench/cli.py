@@ -17,7 +17,7 @@ from bench.context import Run, Settings
 from bench.machine import load_average, machine_info, machine_slug
 
 RESULTS = Path(__file__).resolve().parent / "results"
-SECTIONS = ["physical", "gateway", "chat", "speech", "startup", "gpu"]
+SECTIONS = ["physical", "gateway", "chat", "speech", "startup", "gpu", "prefix_cache"]
 
 
 def _section(name: str) -> Callable[[Run], dict[str, Any]]:
@@ -42,6 +42,10 @@ def _section(name: str) -> Callable[[Run], dict[str, Any]]:
         from bench.sections.startup import run_startup
 
         return run_startup
+    if name == "prefix_cache":
+        from bench.prefix_cache import run_prefix_cache
+
+        return run_prefix_cache
     from bench.sections.gpu import run_gpu
 
     return run_gpu

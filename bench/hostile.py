@@ -30,15 +30,19 @@ from typing import Any
 LIMIT_S = 10.0
 CHAT = {"model": "fake-chat", "messages": [{"role": "user", "content": "hello there"}], "max_tokens": 8}
 SPEECH = {"model": "fake-voice", "voice": "fake-a", "input": "Hello there.", "response_format": "wav"}
-# The JSON routes and a body each accepts; routes other teams are still building may answer 404 for now.
+HI = [{"role": "user", "content": "hi"}]
+# The JSON routes and a body each accepts.
 JSON_ROUTES: dict[str, dict[str, Any]] = {
     "/v1/chat/completions": CHAT,
     "/v1/audio/speech": SPEECH,
     "/v1/completions": {"model": "fake-chat", "prompt": "hello", "max_tokens": 8},
     "/v1/responses": {"model": "fake-chat", "input": "hello", "max_output_tokens": 16},
-    "/v1/messages": {"model": "fake-chat", "max_tokens": 8, "messages": [{"role": "user", "content": "hi"}]},
-    "/api/chat": {"model": "fake-chat", "messages": [{"role": "user", "content": "hi"}], "stream": False},
+    "/v1/messages": {"model": "fake-chat", "max_tokens": 8, "messages": HI},
+    "/v1/messages/count_tokens": {"model": "fake-chat", "messages": HI},
+    "/api/chat": {"model": "fake-chat", "messages": HI, "stream": False},
     "/api/generate": {"model": "fake-chat", "prompt": "hi", "stream": False},
+    "/api/show": {"model": "fake-chat"},
+    "/api/pull": {"model": "fake-chat:latest"},
     "/completion": {"prompt": "hello", "n_predict": 8},
     "/infill": {"input_prefix": "def f(", "input_suffix": "):", "n_predict": 8},
     "/v1/models/spare/load": {},
@@ -429,6 +433,9 @@ def get_cases() -> Iterator[Case]:
         "/v1/models",
         "/v1/audio/models",
         "/openapi.json",
+        "/api/version",
+        "/api/tags",
+        "/api/ps",
         "/",
         "/nope",
     ]:
@@ -436,9 +443,63 @@ def get_cases() -> Iterator[Case]:
         yield Case("get", f"HEAD {path}", request("HEAD", path))
 
 
+def stored_cases() -> Iterator[Case]:
+    """The Responses API's routes by id (odd ids and paging parameters) and Ollama's refused model routes."""
+    group = "responses by id"
+    ids = [
+        "resp_" + "0" * 32,
+        "%00",
+        "%ff",
+        "a" * 5000,
+        "..",
+        "%2e%2e",
+        "x/input_items/y",
+        "%27%20OR%201%3D1--",
+    ]
+    for ident in ids:
+        yield Case(group, f"get {ident[:20]}", request("GET", f"/v1/responses/{ident}"))
+        yield Case(group, f"items of {ident[:20]}", request("GET", f"/v1/responses/{ident}/input_items"))
+        yield Case(group, f"delete {ident[:20]}", request("DELETE", f"/v1/responses/{ident}"))
+        yield Case(group, f"cancel {ident[:20]}", request("POST", f"/v1/responses/{ident}/cancel", b""))
+    some = "/v1/responses/resp_" + "0" * 32
+    for query in ["stream=true", "stream=" + "t" * 5000, "&".join(["include[]=x"] * 2000)]:
+        yield Case(group, f"get ?{query[:20]}", request("GET", f"{some}?{query}"))
+    for query in [
+        "limit=0",
+        "limit=" + "9" * 5000,
+        "limit=-1",
+        "order=up",
+        "after=%00",
+        "before=" + "b" * 5000,
+    ]:
+        yield Case(group, f"items ?{query[:20]}", request("GET", f"{some}/input_items?{query}"))
+    group = "ollama refused"
+    for method, path in [
+        ("POST", "/api/push"),
+        ("POST", "/api/create"),
+        ("POST", "/api/copy"),
+        ("DELETE", "/api/delete"),
+    ]:
+        for name, body in {
+            "model": {"model": "fake-chat"},
+            "empty": b"",
+            "garbage": b"\xff{",
+            "array": [],
+        }.items():
+            data = body if isinstance(body, bytes) else json.dumps(body).encode()
+            yield Case(group, f"{method} {path} {name}", request(method, path, data))
+
+
 def corpus() -> list[Case]:
     """Every case."""
-    return [*json_route_cases(), *chat_cases(), *speech_cases(), *http_cases(), *get_cases()]
+    return [
+        *json_route_cases(),
+        *chat_cases(),
+        *speech_cases(),
+        *http_cases(),
+        *get_cases(),
+        *stored_cases(),
+    ]
 
 
 def run_case(port: int, case: Case) -> Outcome:

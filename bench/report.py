@@ -703,10 +703,28 @@ class Report:
         if section.get("nf4_skipped"):
             self.add(f"NF4: skipped: {section['nf4_skipped']}", "")
 
+    def prefix_cache(self) -> None:
+        """Issue 19: the llama.cpp engine's prefix cache against cache off and raw llama-cpp-python."""
+        if self.sections.get("prefix_cache") is None:
+            return  # a suite run without it: no empty section
+        section = self.section_ok("prefix_cache", "Prefix cache (llama.cpp engine)")
+        if section is not None:
+            from bench.prefix_cache import report_lines
+
+            self.add(*report_lines(section))
+
     def render(self) -> Path:
         self.header()
         self.headline()
-        for part in (self.chat, self.physical, self.gateway, self.speech, self.startup, self.gpu):
+        for part in (
+            self.chat,
+            self.physical,
+            self.gateway,
+            self.speech,
+            self.startup,
+            self.gpu,
+            self.prefix_cache,
+        ):
             part()
         self.add(
             "Section durations and the load average (1 min) at each section's end: "

@@ -1,7 +1,10 @@
-"""Overload control (ai_stack/serving/admission.py): bounded running + waiting requests, 429, deadlines, caps."""
+"""Overload control (ai_stack/serving/admission.py): bounded running + waiting requests, 429, deadlines."""
 
 from __future__ import annotations
 
+import asyncio
+import contextvars
+import gc
 import json
 import re
 import threading
@@ -15,7 +18,8 @@ import pytest
 from starlette.testclient import TestClient
 
 from ai_stack.config import ModelSpec, ServerConfig
-from ai_stack.serving.admission import Limits, engine_slots, limits_for
+from ai_stack.errors import Overloaded
+from ai_stack.serving.admission import Admission, Hold, Limits, engine_slots, limits_for
 from tests.conftest import FAKE, LiveServer, assert_error, wait_for, wait_ready
 
 SLOW = {**FAKE, "options": {"reply": " ".join(f"w{i}" for i in range(400)), "token_delay": 0.02}}
@@ -97,7 +101,7 @@ def test_limits_come_from_the_model_then_the_server_then_the_engine() -> None:
 def test_burst_beyond_running_and_waiting_gets_429_with_retry_after(live_server: Any) -> None:
     live = live_server([SLOW], **LIMITED)
     client = ready(live)
-    with running_stream(live.url), waiting_stream(live.url) as waiting:
+    with running_stream(live.url), waiting_stream(live.url):
         assert wait_for(lambda: metric(client, "ai_stack_requests_waiting", model="fake-chat") == 1)
         refused = client.post("/v1/chat/completions", json=BODY)
         error = assert_error(refused, 429, "rate_limit_exceeded")
@@ -147,7 +151,8 @@ def test_a_waiting_request_runs_when_a_slot_frees(live_server: Any) -> None:
     assert data[-1] == "[DONE]"
     chunks = [json.loads(item) for item in data[:-1]]
     assert all("error" not in chunk for chunk in chunks)
-    assert "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks if c["choices"]) == "w0 w1 w2"
+    text = "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks if c["choices"])
+    assert text == "w0 w1 w2"
     client.close()
 
 
@@ -269,8 +274,7 @@ def test_shutdown_ends_running_and_waiting_streams_with_an_error(live_server: An
     client = ready(live)
     with running_stream(live.url) as running, waiting_stream(live.url) as waiting:
         assert wait_for(lambda: metric(client, "ai_stack_requests_waiting", model="fake-chat") == 1)
-        live.server.config.loaded_app  # the app is up; shut its chat service down as a SIGTERM would
-        live.app.state.chat.shutdown()
+        live.app.state.chat.shutdown()  # as a SIGTERM does (tests/test_shutdown.py)
         for lines in (running, waiting):
             data = sse_data(lines)
             assert data[-1] == "[DONE]"
@@ -279,3 +283,53 @@ def test_shutdown_ends_running_and_waiting_streams_with_an_error(live_server: An
     assert_error(refused, 503, "server_shutting_down")
     assert metric(client, "ai_stack_generations_aborted_total", model="fake-chat", reason="shutdown") == 1
     client.close()
+
+
+# ------------------------------------------------------------------------------------------- the queue
+
+
+async def test_queue_counts_slots_shares_a_request_place_and_releases_dropped_holds() -> None:
+    admission = Admission(ServerConfig(max_running=2, max_queue=1))
+
+    async def admit(weight: int) -> Hold:  # each call is its own request (its own context)
+        async def take() -> Hold:
+            return admission.admit("m", None, object(), weight)
+
+        return await asyncio.create_task(take(), context=contextvars.Context())
+
+    wide = await admit(2)  # n = 2: both slots
+    narrow = await admit(1)  # waits: the queue's one place
+    with pytest.raises(Overloaded) as refused:
+        await admit(1)
+    assert int(refused.value.headers["Retry-After"]) >= 1
+    queue = admission.queues["m"]
+    order: list[str] = []
+
+    async def run(hold: Hold, name: str, release: asyncio.Event) -> None:
+        async with hold.ticket.running():
+            order.append(name)
+            await release.wait()
+        hold.close()
+
+    go_wide, go_narrow = asyncio.Event(), asyncio.Event()
+    first = asyncio.create_task(run(wide, "wide", go_wide))
+    second = asyncio.create_task(run(narrow, "narrow", go_narrow))
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)
+    assert order == ["wide"] and (queue.running, queue.waiting) == (1, 1)
+    go_wide.set()
+    await first
+    go_narrow.set()
+    await second
+    assert order == ["wide", "narrow"] and (queue.running, queue.waiting, queue.held) == (0, 0, 0)
+
+    # One request's prompts share one place; a hold nobody references any more gives its place back.
+    async def several() -> list[Hold]:
+        return [admission.admit("m", None, object(), 1) for _ in range(3)]
+
+    holds = await asyncio.create_task(several(), context=contextvars.Context())
+    assert len({id(hold.ticket) for hold in holds}) == 1 and queue.held == 1
+    del holds
+    await asyncio.sleep(0)  # the finished task's wake-up lets go of its result
+    gc.collect()
+    assert queue.held == 0 and not queue.tickets

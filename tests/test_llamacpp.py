@@ -106,6 +106,15 @@ def stream_events(client: httpx.Client, **body: Any) -> list[dict[str, Any]]:
     return events
 
 
+def assert_cells_match_kept(engine: Any) -> None:
+    """Every free sequence holds the KV cells of positions 0..n-1 of the n tokens it keeps, and no others."""
+    memory = llama_cpp.llama_get_memory(engine._ctx)
+    for seq, tokens in enumerate(engine.kept_tokens()):
+        assert len(tokens) <= engine.context_length
+        assert llama_cpp.llama_memory_seq_pos_max(memory, seq) == len(tokens) - 1
+        assert llama_cpp.llama_memory_seq_pos_min(memory, seq) == (0 if tokens else -1)
+
+
 def generate(engine: Any, messages: list[dict[str, Any]], **params: Any) -> tuple[str, Any]:
     pieces: list[Piece] = []
     prompt = engine.render(messages, {})
@@ -152,7 +161,10 @@ def test_greedy_answer_and_stream_equals_full(client: httpx.Client) -> None:
     )
     text = "".join(e["choices"][0]["delta"].get("content") or "" for e in events if e["choices"])
     assert text == full["choices"][0]["message"]["content"]
-    assert events[-1]["usage"] == full["usage"]
+    # The same usage, except that the second request found its prompt in the prefix cache.
+    streamed = events[-1]["usage"]
+    assert streamed.pop("prompt_tokens_details") == {"cached_tokens": streamed["prompt_tokens"] - 1}
+    assert streamed == {k: v for k, v in full["usage"].items() if k != "prompt_tokens_details"}
 
 
 def test_stop_strings_and_max_tokens(client: httpx.Client) -> None:
@@ -248,8 +260,8 @@ def test_client_disconnect_frees_the_sequence(client: httpx.Client, engine: Any)
     assert wait_for(lambda: engine.busy_sequences() == 0, timeout=120)
     assert engine.stats["admitted"] == before["admitted"] + 1
     assert engine.stats["freed"] == before["freed"] + 1
-    memory = llama_cpp.llama_get_memory(engine._ctx)
-    assert all(llama_cpp.llama_memory_seq_pos_max(memory, seq) == -1 for seq in range(engine.parallel))
+    # Each sequence holds exactly the KV cells of the tokens it keeps for the prefix cache, no more.
+    assert_cells_match_kept(engine)
     # Far fewer than the 2000 tokens asked for were decoded for nobody.
     assert engine.stats["decodes"] - before["decodes"] < 1000
 
@@ -327,3 +339,155 @@ def test_batch_invariant_answers_run_together_equal_answers_run_alone(engine: An
         assert invariant.stats["max_batch_seqs"] >= 2
     finally:
         invariant.close()
+
+
+# --- the prefix cache ---------------------------------------------------------------------------------------
+
+SYSTEM = {"role": "system", "content": "You are a careful assistant who answers briefly. " * 12}
+
+
+def load_engine(**options: Any) -> Any:
+    """A separate llama.cpp engine on the embedded model with the given options (1024-token slots)."""
+    from ai_stack.engines.llamacpp import load_llamacpp
+
+    hf = converted_dir(parse_source(f"embedded:{NAME}", Path.cwd()), _home())
+    gguf = assemble_embedded(EMBEDDED[NAME], _home(), progress=False)
+    return load_llamacpp(str(gguf), str(hf) if hf.is_dir() else None, options, context_length=1024)
+
+
+def greedy(engine: Any, messages: list[dict[str, Any]], max_tokens: int = 10, **kwargs: Any) -> Any:
+    """A greedy answer with each token's two best log-probabilities: (tokens with logprobs, cached tokens)."""
+    pieces: list[Piece] = []
+    prompt = engine.render(messages, kwargs)
+    params = SamplingParams(max_tokens=max_tokens, temperature=0.0, logprobs=2)
+    result = engine.generate(prompt, params, threading.Event(), pieces.append)
+    return [lp for piece in pieces for lp in piece.logprobs], result.cached_tokens
+
+
+def text_of(tokens: list[Any]) -> str:
+    return "".join(t.token for t in tokens)
+
+
+def test_cached_tokens_in_usage_streamed_usage_and_metrics(client: httpx.Client) -> None:
+    messages = [SYSTEM, {"role": "user", "content": "Name a fruit."}]
+    first = chat(client, messages=messages, temperature=0, max_tokens=6)
+    messages += [
+        {"role": "assistant", "content": first["choices"][0]["message"]["content"]},
+        {"role": "user", "content": "And a vegetable?"},
+    ]
+    second = chat(client, messages=messages, temperature=0, max_tokens=6)
+    usage = second["usage"]
+    # The system prompt, the first question and the answer (as the template renders it) came from the cache.
+    assert first["usage"]["prompt_tokens"] <= usage["prompt_tokens_details"]["cached_tokens"]
+    assert usage["prompt_tokens_details"]["cached_tokens"] < usage["prompt_tokens"]
+    events = stream_events(
+        client, messages=messages, temperature=0, max_tokens=6, stream_options={"include_usage": True}
+    )
+    streamed = events[-1]["usage"]
+    # The very same prompt again: all of it but the last token (decoded again for its logits) is cached.
+    assert streamed["prompt_tokens_details"]["cached_tokens"] == streamed["prompt_tokens"] - 1
+    metrics = client.get("/metrics").text
+    cached = computed = 0.0
+    for line in metrics.splitlines():
+        if line.startswith(f'ai_stack_prompt_tokens_cached_total{{model="{MODEL}"}}'):
+            cached = float(line.split()[-1])
+        if line.startswith(f'ai_stack_prompt_tokens_computed_total{{model="{MODEL}"}}'):
+            computed = float(line.split()[-1])
+    assert cached >= usage["prompt_tokens_details"]["cached_tokens"] + streamed["prompt_tokens"] - 1
+    assert computed >= 1
+
+
+def test_batch_invariant_cached_answers_equal_uncached_answers() -> None:
+    """batch_invariant = true: each turn of a conversation gives the very answer (tokens and logprobs)
+    of an engine without the cache, while reusing whole prompt chunks."""
+    options = {"parallel": 2, "batch_invariant": True, "n_batch": 32}
+    cached, plain = load_engine(**options), load_engine(**options, prefix_cache=False)
+    try:
+        conversation = [SYSTEM, {"role": "user", "content": "Name three fruits."}]
+        reused = []
+        for turn in range(3):
+            (with_cache, hits), (without, none) = greedy(cached, conversation), greedy(plain, conversation)
+            assert with_cache == without and none == 0
+            reused.append(hits)
+            conversation += [
+                {"role": "assistant", "content": text_of(with_cache)},
+                {"role": "user", "content": f"And {turn + 2} more?"},
+            ]
+        assert reused[0] == 0 and reused[1] >= 64 and reused[2] >= reused[1]
+        assert all(hits % 32 == 0 for hits in reused)  # whole prompt chunks only
+        # Another client: the other (empty) sequence, so that the conversation above stays cached.
+        other = [SYSTEM, {"role": "user", "content": "What is 2 + 2?"}]
+        assert greedy(cached, other) == greedy(plain, other)
+        assert greedy(cached, conversation)[1] >= reused[2]
+        assert plain.kept_tokens() == [[], []] and plain.stats["cached_tokens"] == 0
+        assert_cells_match_kept(cached)
+        assert_cells_match_kept(plain)
+    finally:
+        cached.close()
+        plain.close()
+
+
+def assert_near(with_cache: list[Any], without: list[Any]) -> None:
+    """Greedy answers agree token by token, and where they part the two best tokens were nearly tied."""
+    for a, b in zip(with_cache, without, strict=False):
+        if a.token != b.token:
+            assert abs(b.top[0][1] - b.top[1][1]) < 0.5, (a, b)  # a near tie, flipped by rounding
+            return
+        assert abs(a.logprob - b.logprob) < 0.25, (a, b)
+
+
+def test_default_cached_answers_match_uncached_up_to_near_ties() -> None:
+    """The default engine reuses any prefix, and copies a shared system prompt into another client's sequence;
+    where answers part from uncached ones, the two best tokens were nearly tied."""
+    cached, plain = load_engine(parallel=2), load_engine(parallel=1, prefix_cache=False)
+    try:
+        conversation = [SYSTEM, {"role": "user", "content": "Write a haiku about rain."}]
+        first, _ = greedy(cached, conversation, max_tokens=16)
+        assert_near(first, greedy(plain, conversation, max_tokens=16)[0])
+        conversation += [
+            {"role": "assistant", "content": text_of(first)},
+            {"role": "user", "content": "Now one about snow."},
+        ]
+        with_cache, hits = greedy(cached, conversation, max_tokens=16)
+        assert hits > len(cached.render(conversation[:2], {}).token_ids)
+        assert_near(with_cache, greedy(plain, conversation, max_tokens=16)[0])
+        # A second client with the same system prompt: the empty sequence, with the prefix copied into it.
+        other = [SYSTEM, {"role": "user", "content": "What is 2 + 2?"}]
+        with_cache, hits = greedy(cached, other)
+        assert cached.stats["prefix_copies"] == 1 and hits >= 100
+        assert_near(with_cache, greedy(plain, other)[0])
+        assert greedy(cached, conversation)[1] > hits  # the conversation is still cached
+        assert_cells_match_kept(cached)
+    finally:
+        cached.close()
+        plain.close()
+
+
+def test_reuse_is_token_level_and_memory_stays_bounded() -> None:
+    """One sequence: cached tokens are exactly the common prefix with what it holds (so a different template
+    rendering or tool list reuses only what is identical); over many varied requests the KV cells always match
+    the kept tokens and never exceed the slot."""
+    from ai_stack.engines.llamacpp import common_prefix
+
+    engine = load_engine(parallel=1)
+    try:
+        words = ["apple", "river", "stone", "cloud", "lamp", "forest", "glass", "tiger"]
+        requests: list[tuple[list[dict[str, Any]], dict[str, Any]]] = []
+        for i in range(24):
+            user = " ".join(words[(i * k) % len(words)] for k in range(1, 2 + i % 5))
+            system = [SYSTEM] if i % 3 else []
+            kwargs = {"tools": [WEATHER_TOOL]} if i % 4 == 0 else {}
+            requests.append(([*system, {"role": "user", "content": f"Repeat: {user}"}], kwargs))
+        requests.append(([{"role": "user", "content": "Long: " + "word " * 900}], {}))  # near the 1024 slot
+        total = 0
+        for messages, kwargs in requests:
+            [kept] = engine.kept_tokens()
+            prompt = engine.render(messages, kwargs).token_ids
+            _, hits = greedy(engine, messages, max_tokens=2, **kwargs)
+            assert hits == min(common_prefix(kept, prompt), len(prompt) - 1)
+            total += len(prompt)
+            assert_cells_match_kept(engine)
+        assert engine.stats["cached_tokens"] + engine.stats["computed_tokens"] == total
+        assert engine.stats["cached_tokens"] > 0
+    finally:
+        engine.close()

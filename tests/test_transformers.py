@@ -101,7 +101,12 @@ def test_tiny_models_through_the_app_full_and_streamed(
     chunks = [json.loads(b[6:]) for b in events.split("\n\n") if b.startswith("data: {")]
     streamed = "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks if c["choices"])
     assert streamed == choice["message"]["content"]
-    assert chunks[-1]["usage"] == full["usage"]
+    usage = chunks[-1]["usage"]
+    # The same prompt again: its whole 64-token blocks (all but its last token) come from the prefix cache.
+    assert full["usage"]["prompt_tokens_details"] == {"cached_tokens": 0}
+    whole_blocks = (full["usage"]["prompt_tokens"] - 1) // 64 * 64
+    assert usage["prompt_tokens_details"] == {"cached_tokens": whole_blocks}
+    assert {**usage, "prompt_tokens_details": {"cached_tokens": 0}} == full["usage"]
     finish = [
         c["choices"][0]["finish_reason"] for c in chunks if c["choices"] and c["choices"][0]["finish_reason"]
     ]

@@ -329,11 +329,12 @@ class LlamaCppChatEngine(HFTextMixin):
         seq = min(free, key=lambda s: (bool(self._slots[s].tokens), self._slots[s].used))
         own = shared[seq]
         source, length = None, own
-        for other in range(self.parallel):
+        for other in range(self.parallel if not self.batch_invariant else 0):
+            # Batch invariant: no copies (a copied prefix was measured to change the last bits of logits).
             if seq in copying or other == seq or other in copying:
                 continue
             running = self._active.get(other)
-            held = running.kv_tokens() if running is not None else self._slots[other].tokens
+            held = self._reusable(running) if running is not None else self._slots[other].tokens
             found = common_prefix(held, prompt)
             if found > length and found >= own + MIN_COPY_TOKENS:
                 source, length = other, found
@@ -367,9 +368,21 @@ class LlamaCppChatEngine(HFTextMixin):
             ll.llama_memory_seq_rm(memory, seq, -1, -1)
         request.seq, request.fed, request.cached = seq, reuse, reuse
 
+    def _reusable(self, request: _Request) -> list[int]:
+        """The tokens of the request's sequence whose KV a later prompt may reuse.
+
+        llama.cpp's numerics depend on where prompt chunks start, and a generated token decoded alone differs
+        in the last bits from the same token prefilled in a chunk. Batch invariant: only whole chunks of
+        `n_batch` prompt tokens from position 0 are reused, so that every chunk a cached request still feeds
+        starts where an uncached one's would, and a greedy answer is the same with the cache as without.
+        """
+        if self.batch_invariant:
+            return request.prompt[: request.fed // self.n_batch * self.n_batch]
+        return request.kv_tokens()
+
     def _release(self, request: _Request, keep: bool = True) -> None:
         """Free the request's sequence; its KV cells stay for reuse when the prefix cache is on and keep."""
-        tokens = request.kv_tokens() if keep and self.prefix_cache else []
+        tokens = self._reusable(request) if keep and self.prefix_cache else []
         if not tokens:
             self._ll.llama_memory_seq_rm(self._memory, request.seq, -1, -1)
         with self._cond:

@@ -8,13 +8,12 @@ when that crashes too the model fails with the reason (and `engine = "auto"` ser
 The verdict is kept per llama-cpp-python build, CPU and configuration in `<home>/native-probe.json`, so later
 starts pay nothing.
 
-Run as `python -m ai_stack.engines.probe` it is the child: the job comes as JSON on stdin, one JSON line out.
+The child is `python -m ai_stack.engines.probe_child`: the job comes as JSON on stdin, one JSON line out.
 """
 
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import hashlib
 import importlib.metadata
 import importlib.util
@@ -32,10 +31,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ai_stack.engines.base import EngineLoadError
-from ai_stack.engines.catalog import LlamaCppOptions
 
 if TYPE_CHECKING:
     from ai_stack.config import Config, ModelSpec
+    from ai_stack.engines.catalog import LlamaCppOptions
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +44,9 @@ PROBE_TIMEOUT = 600.0  # seconds for the child to load the model and decode one 
 # Makes the child crash as a native fault would, to check that the server survives it: "segv" always,
 # "segv-repack" only with repacked weights (llama.cpp's default), the way the AMX fault does.
 FAULT_ENV = "AI_STACK_PROBE_FAULT"
-_ERROR_EXIT = 3  # the child's exit status for a Python error (reported as JSON), as opposed to a crash
+ERROR_EXIT = 3  # the child's exit status for a Python error (reported as JSON), as opposed to a crash
+# Signals from outside (the OOM killer, a stopping machine) say nothing about the engine: no verdict.
+_NOT_FAULTS = {signal.SIGKILL, signal.SIGTERM, signal.SIGINT, signal.SIGHUP}
 
 
 class NativeEngineFault(EngineLoadError):
@@ -139,8 +140,15 @@ class VerdictCache:
             log.warning("cannot store the native engine verdict in %s: %s", self.path, exc)
 
 
-def _tail(text: str, lines: int = 6) -> str:
-    kept = [line.strip() for line in text.strip().splitlines() if line.strip()][-lines:]
+def _crash_report(stderr: str) -> str:
+    """The gist of a crashed child's stderr: faulthandler's fatal line and innermost frames, else its end."""
+    lines = [line.strip() for line in stderr.strip().splitlines() if line.strip()]
+    fatal = next((i for i, line in enumerate(lines) if line.startswith("Fatal Python error")), None)
+    if fatal is None:
+        kept = lines[-6:]
+    else:
+        frames = [line for line in lines[fatal + 1 :] if line.startswith("File ")][:3]
+        kept = [lines[fatal], *frames]
     return " | ".join(kept)[-800:]
 
 
@@ -155,7 +163,7 @@ def run_probe(
     }
     try:
         done = subprocess.run(
-            [sys.executable, "-m", "ai_stack.engines.probe"],
+            [sys.executable, "-m", "ai_stack.engines.probe_child"],
             input=json.dumps(job),
             capture_output=True,
             text=True,
@@ -169,7 +177,7 @@ def run_probe(
     if done.returncode == 0:
         return ProbeResult(True, False, "ok")
     last = done.stdout.strip().splitlines()[-1:] if done.stdout.strip() else []
-    if done.returncode == _ERROR_EXIT and last:
+    if done.returncode == ERROR_EXIT and last:
         with contextlib.suppress(ValueError):
             return ProbeResult(False, False, str(json.loads(last[0]).get("error", "failed")))
     if done.returncode < 0:
@@ -177,15 +185,19 @@ def run_probe(
             how = f"killed by {signal.Signals(-done.returncode).name}"
         except ValueError:
             how = f"killed by signal {-done.returncode}"
+        if -done.returncode in _NOT_FAULTS:
+            return ProbeResult(False, False, how)
     else:
         how = f"exit status {done.returncode}"
-    stderr = _tail(done.stderr)
+    stderr = _crash_report(done.stderr)
     return ProbeResult(False, True, how + (f"; stderr: {stderr}" if stderr else ""))
 
 
 def checked_llamacpp_options(spec: ModelSpec, config: Config, options: LlamaCppOptions) -> LlamaCppOptions:
-    """The options to load a llama.cpp model with in this process: as configured once a child ran them,
-    else the safe mode; NativeEngineFault when both crash. Blocking (a child process): call from a thread."""
+    """The options to load a llama.cpp model with here: as configured, or its safe mode, or NativeEngineFault.
+
+    The first time, a child process runs them (blocking: call from a worker thread); the verdict is cached.
+    """
     if not config.server.native_probe:
         return options
     # A simulated fault (FAULT_ENV) is not this machine's verdict: nothing is read from the cache or kept.
@@ -224,46 +236,8 @@ def checked_llamacpp_options(spec: ModelSpec, config: Config, options: LlamaCppO
             return safe
         first = second
     reason = (
-        f"llama.cpp crashed loading this model on this CPU ({first.detail}), in its safe mode (no repacked "
+        f"llama.cpp crashed running this model on this CPU ({first.detail}), in its safe mode (no repacked "
         "weights) too; it was not loaded into the server"
     )
     cache.put(key, "failed", reason)
     raise NativeEngineFault(reason)
-
-
-def _child() -> int:
-    """The child process: load the model from the job on stdin, decode one token, print one JSON line."""
-    import faulthandler
-
-    faulthandler.enable()  # a native fault prints the Python stack to stderr, which the parent reports
-    logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
-    from ai_stack.config import Config, ModelSpec
-    from ai_stack.engines.base import SamplingParams
-
-    job = json.loads(sys.stdin.read())
-    config = Config.model_validate(job["config"])
-    spec = ModelSpec.model_validate(job["spec"])
-    options = LlamaCppOptions.model_validate(job["options"])
-    fault = os.environ.get(FAULT_ENV, "")
-    if fault == "segv" or (fault == "segv-repack" and options.repack):
-        ctypes.string_at(0)  # a read of address 0: SIGSEGV, as a fault in native code
-    try:
-        from ai_stack.engines.llamacpp import load
-
-        engine = load(spec, config, options)
-        try:
-            prompt = engine.encode("Hello")
-            engine.generate(
-                prompt, SamplingParams(max_tokens=1, temperature=0.0), threading.Event(), lambda _: None
-            )
-        finally:
-            engine.close()
-    except Exception as exc:
-        print(json.dumps({"error": str(exc) or type(exc).__name__}), flush=True)
-        return _ERROR_EXIT
-    print(json.dumps({"ok": True}), flush=True)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(_child())

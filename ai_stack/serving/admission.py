@@ -161,11 +161,10 @@ class ModelQueue:
         """Requests admitted and not generating (the queue depth)."""
         return max(0, len(self.tickets) - self.running)
 
-    def admit(self, limits: Limits, weight: int) -> Ticket:
-        """A place for a new request, or Overloaded (429) when running plus waiting are at their limit."""
+    def check(self, limits: Limits, weight: int) -> int:
+        """The weight a new request would take; Overloaded (429) when running plus waiting leave no room."""
         self.limits = limits
-        now = self.loop.time()
-        self._reclaim(now)
+        self._reclaim(self.loop.time())
         weight = max(1, min(weight, limits.running))
         if self.held + weight > limits.running + limits.queue:
             if self.owner.metrics is not None:
@@ -176,7 +175,12 @@ class ModelQueue:
                 f"wait, and all places are taken. Retry after {retry} s.",
                 headers={"Retry-After": str(retry)},
             )
-        ticket = Ticket(self, weight, now)
+        return weight
+
+    def admit(self, limits: Limits, weight: int) -> Ticket:
+        """A place for a new request, or Overloaded (429) when running plus waiting are at their limit."""
+        weight = self.check(limits, weight)
+        ticket = Ticket(self, weight, self.loop.time())
         self.tickets[ticket] = None
         self.held += weight
         self._report()
@@ -324,6 +328,25 @@ class Admission:
         self.closing = False
         self.queues: dict[str, ModelQueue] = {}
 
+    def _queue(self, model_id: str) -> ModelQueue:
+        queue = self.queues.get(model_id)
+        if queue is None:
+            queue = self.queues[model_id] = ModelQueue(self, model_id, asyncio.get_running_loop())
+        return queue
+
+    def _held(self, model_id: str) -> Ticket | None:
+        """The ticket the current request already holds for the model, if any."""
+        held = _REQUEST_TICKETS.get()
+        ticket = held.get(model_id) if held is not None else None
+        return ticket if ticket is not None and not ticket.released else None
+
+    def check(self, model_id: str, spec: ModelSpec | None, engine: object, weight: int) -> None:
+        """Refuse early (before a prompt is rendered) what admit would refuse; takes no place."""
+        if self.closing:
+            raise shutting_down()
+        if self._held(model_id) is None:
+            self._queue(model_id).check(limits_for(self.server, spec, engine), weight)
+
     def admit(self, model_id: str, spec: ModelSpec | None, engine: object, weight: int) -> Hold:
         """A hold on a place for a request to the model (shared by the request's other prompts).
 
@@ -332,13 +355,10 @@ class Admission:
         """
         if self.closing:
             raise shutting_down()
-        held = _REQUEST_TICKETS.get()
-        ticket = held.get(model_id) if held is not None else None
-        if ticket is None or ticket.released:
-            queue = self.queues.get(model_id)
-            if queue is None:
-                queue = self.queues[model_id] = ModelQueue(self, model_id, asyncio.get_running_loop())
-            ticket = queue.admit(limits_for(self.server, spec, engine), weight)
+        ticket = self._held(model_id)
+        if ticket is None:
+            ticket = self._queue(model_id).admit(limits_for(self.server, spec, engine), weight)
+            held = _REQUEST_TICKETS.get()
             if held is None:
                 held = {}
                 _REQUEST_TICKETS.set(held)

@@ -256,8 +256,10 @@ class ChatService:
 
         admit=False: the prompt is only inspected (token counts), never generated from: it takes no place.
         """
-        await self.registry.wait_ready(request.model)  # a model that loads on demand (memory budget)
+        await self.registry.wait_ready(request.model, "chat")  # a model that loads on demand (budget)
         entry, engine = self.registry.chat_engine(request.model)
+        if admit:  # refuse an overloaded model's request before rendering its prompt; bind admits it
+            self.admission.check(entry.spec.id, entry.spec, engine, request.n)
         template = engine.chat_template
         template_kwargs = dict(request.chat_template_kwargs or {})
         self._check_template_kwargs(template_kwargs)
@@ -326,8 +328,9 @@ class ChatService:
 
         The request's sampling fields, stops, n, response_format and limits apply as they do for chat.
         """
-        await self.registry.wait_ready(request.model)  # a model that loads on demand (memory budget)
+        await self.registry.wait_ready(request.model, "chat")  # a model that loads on demand (budget)
         entry, engine = self.registry.chat_engine(request.model)
+        self.admission.check(entry.spec.id, entry.spec, engine, request.n)  # before tokenizing
         grammar = None
         if request.response_format is not None:
             grammar = await asyncio.to_thread(json_grammar, request.response_format)

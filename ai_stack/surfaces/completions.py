@@ -201,7 +201,7 @@ def _usage(chats: list[PreparedChat], results: list[list[RunResult]]) -> dict[st
 
 async def _prepare_legacy(service: ChatService, body: CompletionRequest) -> list[PreparedChat]:
     """One prepared request per prompt, each with best_of choices; every problem is a 400 before streaming."""
-    await service.registry.wait_ready(body.model)
+    await service.registry.wait_ready(body.model, "chat")
     _, engine = service.registry.chat_engine(body.model)
     best_of = body.best_of or body.n
     sampling = body.model_copy(update={"n": best_of})
@@ -357,7 +357,7 @@ def _llama_model(registry: ModelRegistry, body: LlamaCompletionRequest) -> None:
 
 async def _prepare_infill(service: ChatService, body: InfillRequest) -> PreparedChat:
     """The FIM prompt with as much of input_extra as fits the context (oldest chunks dropped first)."""
-    await service.registry.wait_ready(body.model)
+    await service.registry.wait_ready(body.model, "chat")
     _, engine = service.registry.chat_engine(body.model)
     extra = [(chunk.filename, chunk.text) for chunk in body.input_extra]
     stops = _with_suffix_stop(body.stop, body.input_suffix)
