@@ -1,9 +1,11 @@
 """GET /openapi.json: an OpenAPI 3.1 document built from the routes' pydantic request and response models.
 
 The document is a table (`OPENAPI_ROUTES`): one `ApiRoute` per method and path, naming its request model,
-its response model (or the media types of a non-JSON body) and the error shape of its API. The schemas come
-from pydantic (`models_json_schema`), never written by hand. A new route is one more line in the table, or
-an `extra` entry passed to `openapi_document`.
+its response model (or the media types of a non-JSON body), its stream events and the error shape of its API
+(OpenAI's, Anthropic's for /v1/messages*, Ollama's for /api/*, llama.cpp's for /infill and /completion). The
+schemas come from pydantic (`models_json_schema`), never written by hand: the surfaces that build their
+answers as dicts describe them in ai_stack/surfaces/*_schemas.py. A new route is one more line in the table,
+or an `extra` entry passed to `openapi_document`.
 """
 
 from __future__ import annotations
@@ -418,7 +420,10 @@ def openapi_document(
         "info": {
             "title": "ai-stack",
             "version": __version__,
-            "description": "OpenAI-compatible chat and speech from local models",
+            "description": (
+                "OpenAI-compatible chat, completions, responses and speech from local models; also "
+                "Anthropic's Messages API, Ollama's API and llama.cpp server's completion routes"
+            ),
         },
         "paths": paths,
         "components": {"schemas": defs.get("$defs", {})},

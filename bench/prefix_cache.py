@@ -65,7 +65,7 @@ def openwebui_tools(count: int = 36) -> list[dict[str, Any]]:
                 "description": f"The {WORDS[(i * 3 + k) % len(WORDS)]} to use for step {k} of tool {i}; "
                 "leave empty to use the default of the workspace.",
             }
-            for k in range(5)
+            for k in range(3)
         }
         tools.append(
             {

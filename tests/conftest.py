@@ -127,11 +127,27 @@ def app_client(tmp_path: Path) -> Iterator[Callable[..., TestClient]]:
         )
         client.__enter__()
         clients.append(client)
+        settle(client.app, models if models is not None else [FAKE])
         return client
 
     yield build
     for client in clients:
         client.__exit__(None, None, None)
+
+
+def settle(app: Starlette, models: list[dict[str, Any]]) -> None:
+    """Wait until the fake models that load at once (no load_delay) have finished loading.
+
+    Tests of a fake model's answers must not race its load (a 503 model_loading); tests of loading states
+    give their model a load_delay.
+    """
+    registry = app.state.registry
+    for model in models:
+        options = model.get("options") or {}
+        if model.get("engine") == "fake" and model.get("autoload", True) and not options.get("load_delay"):
+            entry = registry.entries.get(model["id"])
+            if entry is not None:
+                wait_for(lambda e=entry: e.state.value != "loading", 30)
 
 
 def free_port() -> int:
@@ -174,6 +190,7 @@ def live_server(tmp_path: Path) -> Iterator[Callable[..., LiveServer]]:
         )
         live.__enter__()
         servers.append(live)
+        settle(live.app, models if models is not None else [FAKE])
         return live
 
     yield build

@@ -441,7 +441,9 @@ def test_default_cached_answers_match_uncached_up_to_near_ties() -> None:
     where answers part from uncached ones, the two best tokens were nearly tied."""
     cached, plain = load_engine(parallel=2), load_engine(parallel=1, prefix_cache=False)
     try:
-        conversation = [SYSTEM, {"role": "user", "content": "Write a haiku about rain."}]
+        # A first question longer than the system prompt: the conversation is more than the shared prefix.
+        question = "Write a haiku about rain. " + "Think of drops, clouds, puddles and umbrellas. " * 12
+        conversation = [SYSTEM, {"role": "user", "content": question}]
         first, _ = greedy(cached, conversation, max_tokens=16)
         assert_near(first, greedy(plain, conversation, max_tokens=16)[0])
         conversation += [

@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 from urllib.parse import quote
 
+import httpx
 import jsonschema
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -55,7 +56,7 @@ JSON_VALUES = st.recursive(
     max_leaves=8,
 )
 QUERY_HINTS: dict[str, st.SearchStrategy[str]] = {
-    "limit": st.sampled_from(["1", "2", "20", "100", "0", "101", "-1"]),
+    "limit": st.sampled_from(["1", "2", "20", "100", "0", "101", "-1", "²", "9" * 5000]),
     "order": st.sampled_from(["asc", "desc", "up"]),
     "stream": st.sampled_from(["true", "false"]),
 }
@@ -465,6 +466,50 @@ def test_good_requests_answer_in_their_documented_shapes(client: TestClient) -> 
                     kind for kind in ("tool_use", "function_call", "thinking") if kind in response.text
                 )
     assert seen == {"tool_use", "function_call", "thinking"}  # the fake-think model's shapes were checked
+
+
+def test_paging_parameters_int_cannot_read_are_400(client: TestClient) -> None:
+    """What the property test found: a 5000-digit or a superscript `limit` was a 500 (int() refused it)."""
+    document, _ = document_and_strategies()
+    route = next(r for r in OPENAPI_ROUTES if r.path.endswith("/input_items"))
+    [ident, _] = stored_responses(client)
+    for limit in ("9" * 5000, "²", "1"):
+        response = client.get(f"/v1/responses/{ident}/input_items", params={"limit": limit})
+        check_response(document, route, response)
+        assert response.status_code == (200 if limit == "1" else 400), response.text
+
+
+def answer(status: int, media: str, body: Any) -> httpx.Response:
+    """A made-up answer for check_response."""
+    content = body if isinstance(body, str) else json.dumps(body)
+    return httpx.Response(status, headers={"content-type": media}, content=content.encode())
+
+
+def test_the_checks_catch_wrong_shapes() -> None:
+    document, _ = document_and_strategies()
+    routes = {(route.method, route.path): route for route in OPENAPI_ROUTES}
+    version, chat, messages = (
+        routes["GET", "/api/version"],
+        routes["POST", "/api/chat"],
+        routes["POST", "/v1/messages"],
+    )
+    check_response(document, version, answer(200, "application/json", {"version": "0.12.0"}))
+    with pytest.raises(jsonschema.ValidationError):  # a field the document does not name
+        check_response(document, version, answer(200, "application/json", {"version": "0.12.0", "x": 1}))
+    line = {"model": "m", "created_at": "t", "message": {"role": "assistant", "content": ""}, "done": True}
+    check_response(document, chat, answer(200, "application/x-ndjson", json.dumps(line) + "\n"))
+    with pytest.raises(jsonschema.ValidationError):  # a line without `done`
+        check_response(
+            document, chat, answer(200, "application/x-ndjson", json.dumps({**line, "done": None}))
+        )
+    with pytest.raises(AssertionError):  # a 5xx that is not a model loading
+        check_response(document, chat, answer(500, "application/json", {"error": "boom"}))
+    with pytest.raises(jsonschema.ValidationError):  # OpenAI's error shape on an Anthropic route
+        openai_error = {"error": {"message": "m", "type": "t", "param": None, "code": None}}
+        check_response(document, messages, answer(400, "application/json", openai_error))
+    with pytest.raises(AssertionError):  # an event name that is not the data's type
+        event = 'event: ping\ndata: {"type": "message_stop"}\n\n'
+        check_response(document, messages, answer(200, "text/event-stream", event))
 
 
 @pytest.mark.parametrize("api", list(APIS))

@@ -181,7 +181,15 @@ def test_serve_runs_uvicorn_with_the_configured_limits(
         '[[models]]\nid = "f"\nengine = "fake"\nsource = "fake:"\n'
     )
     calls: list[dict[str, Any]] = []
-    monkeypatch.setattr("uvicorn.run", lambda app, **kwargs: calls.append({"app": app, **kwargs}))
+
+    def run(server: Any) -> None:  # the CLI's GracefulServer.run: record the uvicorn config it was given
+        config = server.config
+        calls.append({"app": config.app, "http": config.http})
+        calls[-1]["timeout_keep_alive"] = config.timeout_keep_alive
+        calls[-1]["h11_max_incomplete_event_size"] = config.h11_max_incomplete_event_size
+        server.started = True
+
+    monkeypatch.setattr("ai_stack.http_server.GracefulServer.run", run)
     result = CliRunner().invoke(cli.main, ["serve", "--config", str(path)])
     assert result.exit_code == 0, result.output
     [call] = calls

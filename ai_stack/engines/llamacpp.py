@@ -350,6 +350,8 @@ class LlamaCppChatEngine(HFTextMixin):
         memory, ll = self._memory, self._ll
         # At least the last prompt token is decoded: its logits give the first answer token.
         reuse = min(reuse, len(request.prompt) - 1)
+        if self.batch_invariant:
+            reuse = reuse // self.n_batch * self.n_batch  # whole chunks only (see _reusable)
         if source is not None:
             # Sequences live in separate KV streams: the copy takes the whole stream (done at the next
             # decode), and what lies past the shared prefix is dropped below.

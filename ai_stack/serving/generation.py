@@ -137,6 +137,8 @@ class Chunk:
     text: str
     tokens: int = 0
     logprobs: list[TokenLogprob] = field(default_factory=list)
+    # The text each engine piece released, with its token count: the parsers read a batch piece by piece.
+    parts: list[tuple[str, int]] = field(default_factory=list)
 
 
 # The most text one generation may have waiting for the event loop; beyond it the engine thread waits.
@@ -190,6 +192,7 @@ class _Mailbox:
                 self._lock.wait(0.1)
             self._pending.tokens += piece.tokens
             self._pending.logprobs.extend(piece.logprobs)
+            self._pending.parts.append((text, piece.tokens))
             if text:
                 self._texts.append(text)
                 self._chars += len(text)
@@ -211,7 +214,8 @@ class _Mailbox:
         with self._lock:
             chunk = None
             if self._ready or final:
-                chunk = Chunk("".join(self._texts), self._pending.tokens, self._pending.logprobs)
+                pending = self._pending
+                chunk = Chunk("".join(self._texts), pending.tokens, pending.logprobs, pending.parts)
                 self._pending, self._texts, self._chars, self._ready = Chunk(""), [], 0, False
                 self._lock.notify_all()
             self._scheduled = False
@@ -251,7 +255,9 @@ async def generate_text(
         if not mailbox.stopped:
             tail, _ = mailbox.take(final=True)
             assert tail is not None
-            tail.text += matcher.flush()
+            held = matcher.flush()
+            tail.text += held
+            tail.parts.append((held, 0))
             if tail.text or tail.tokens:
                 yield tail
             result.finish_reason = generation.finish_reason
@@ -333,9 +339,15 @@ async def run_choice(chat: PreparedChat, index: int, cancel: threading.Event) ->
                 continue
             if done:
                 continue
-            delta = _fit_ids(parser.feed(chunk.text), chat.tool_format)
-            if parser.in_reasoning:
-                result.reasoning_tokens += chunk.tokens
+            delta = ParsedDelta()
+            for text, tokens in chunk.parts or [(chunk.text, chunk.tokens)]:
+                part = parser.feed(text)
+                if parser.in_reasoning:
+                    result.reasoning_tokens += tokens
+                delta.content += part.content
+                delta.reasoning += part.reasoning
+                delta.tool_calls += part.tool_calls
+            delta = _fit_ids(delta, chat.tool_format)
             fresh = []
             for call in delta.tool_calls:
                 # A small model can repeat one call forever (a grammar that allows several calls lets it):

@@ -228,7 +228,7 @@ class SpeechService:
 
     async def start(self, speech: PreparedSpeech) -> AsyncIterator[bytes]:
         """The response body; waits for the first audio so that early failures are still error responses."""
-        chunks = encoded_audio(speech)
+        chunks = self._held(speech)
         try:
             first = await anext(chunks)
         except StopAsyncIteration:
@@ -242,6 +242,16 @@ class SpeechService:
         if speech.stream_format == "sse":
             return self._sse(speech, first, chunks)
         return self._audio(speech, first, chunks)
+
+    async def _held(self, speech: PreparedSpeech) -> AsyncGenerator[bytes, None]:
+        """The encoded audio, with the model marked busy meanwhile (no idle or budget unload under it)."""
+        with self.registry.in_use(speech.model_id):
+            chunks = encoded_audio(speech)
+            try:
+                async for data in chunks:
+                    yield data
+            finally:
+                await chunks.aclose()
 
     async def _audio(
         self, speech: PreparedSpeech, first: bytes, chunks: AsyncGenerator[bytes, None]

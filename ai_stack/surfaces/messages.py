@@ -408,11 +408,13 @@ def _anthropic_param(loc: list[str], tool_indexes: list[int]) -> str:
 
 
 def _usage(chat: PreparedChat, result: RunResult) -> dict[str, int]:
+    # Anthropic counts the prompt tokens read from the (prefix) cache apart from input_tokens.
+    cached = min(result.cached_tokens, len(chat.prompt.token_ids))
     return {
-        "input_tokens": len(chat.prompt.token_ids),
+        "input_tokens": len(chat.prompt.token_ids) - cached,
         "output_tokens": result.completion_tokens,
         "cache_creation_input_tokens": 0,
-        "cache_read_input_tokens": 0,  # there is no prefix cache
+        "cache_read_input_tokens": cached,
     }
 
 

@@ -256,7 +256,10 @@ def _usage(chat: PreparedChat, result: RunResult) -> dict[str, Any]:
     reasoning = usage.completion_tokens_details.reasoning_tokens if usage.completion_tokens_details else 0
     return {
         "input_tokens": usage.prompt_tokens,
-        "input_tokens_details": {"cached_tokens": 0, "cache_write_tokens": 0},
+        "input_tokens_details": {
+            "cached_tokens": usage.prompt_tokens_details.cached_tokens if usage.prompt_tokens_details else 0,
+            "cache_write_tokens": 0,
+        },
         "output_tokens": usage.completion_tokens,
         "output_tokens_details": {"reasoning_tokens": reasoning},
         "total_tokens": usage.total_tokens,
@@ -513,7 +516,8 @@ def _int_param(request: Request, name: str, default: int, low: int, high: int) -
     raw = request.query_params.get(name)
     if raw is None:
         return default
-    if not raw.isdigit() or not low <= int(raw) <= high:
+    # ASCII digits only ("²" is a digit that int() refuses) and few of them (int() refuses 4300+).
+    if not (raw.isascii() and raw.isdigit() and len(raw) <= 9) or not low <= int(raw) <= high:
         raise InvalidRequest(f"{name} must be an integer from {low} to {high}", param=name)
     return int(raw)
 
