@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -127,15 +128,17 @@ async def _stream(
                 delta = event["choices"][0].get("delta", {})
                 if delta.get("content") or delta.get("tool_calls"):
                     first = time.perf_counter() - started
+    total = time.perf_counter() - started
     return {
-        "ttft_s": first if first is not None else time.perf_counter() - started,
-        "total_s": time.perf_counter() - started,
+        # With max_tokens = 1 (every pattern here) the whole request is the time to the first token.
+        "ttft_s": total if max_tokens == 1 or first is None else first,
+        "total_s": total,
         "prompt_tokens": usage.get("prompt_tokens"),
         "cached_tokens": (usage.get("prompt_tokens_details") or {}).get("cached_tokens"),
     }
 
 
-def _one(url: str, messages: list[dict[str, Any]], max_tokens: int = 4, **extra: Any) -> dict[str, Any]:
+def _one(url: str, messages: list[dict[str, Any]], max_tokens: int = 1, **extra: Any) -> dict[str, Any]:
     async def go() -> dict[str, Any]:
         async with httpx.AsyncClient(timeout=3600) as client:
             return await _stream(client, url, messages, max_tokens, **extra)
@@ -160,15 +163,15 @@ class RawLlama:
             verbose=False,
         )
 
-    def ttft(self, messages: list[dict[str, Any]], max_tokens: int = 4, **kwargs: Any) -> dict[str, Any]:
-        """Time to the first token of a streamed greedy completion of the rendered prompt."""
+    def ttft(self, messages: list[dict[str, Any]], **kwargs: Any) -> dict[str, Any]:
+        """Time to the first token: a 1-token greedy completion of the rendered prompt."""
         text = self.tokenizer.apply_chat_template(
             messages, add_generation_prompt=True, tokenize=False, **kwargs
         )
         ids = list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
         started = time.perf_counter()
         first = None
-        for _chunk in self.llm.create_completion(ids, max_tokens=max_tokens, temperature=0.0, stream=True):
+        for _chunk in self.llm.create_completion(ids, max_tokens=1, temperature=0.0, stream=True):
             if first is None:
                 first = time.perf_counter() - started
         return {
@@ -179,8 +182,6 @@ class RawLlama:
 
 
 def _arms(tmp: Path) -> tuple[dict[str, ServerProcess], RawLlama, dict[str, Any]]:
-    import os
-
     from ai_stack.engines.llamacpp import physical_cores
 
     home = ServerProcess([]).home
@@ -239,7 +240,7 @@ def _openwebui(run: Run, servers: dict[str, ServerProcess], raw: RawLlama) -> di
             if arm == RAW:
                 sample = raw.ttft(messages, **({"tools": tools} if with_tools else {}))
             else:
-                extra = {"tools": tools, "tool_choice": "none"} if with_tools else {}
+                extra = {"tools": tools} if with_tools else {}  # tool_choice "auto", as Open WebUI
                 sample = _one(servers[arm].url, messages, **extra)
             out[arm][name] = sample
             run.log(
@@ -261,7 +262,7 @@ def _shared_system(run: Run, servers: dict[str, ServerProcess]) -> dict[str, Any
         async def round_of(messages: list[list[dict[str, Any]]], url: str = url) -> list[dict[str, Any]]:
             limits = httpx.Limits(max_connections=16)
             async with httpx.AsyncClient(timeout=3600, limits=limits) as client:
-                return list(await asyncio.gather(*(_stream(client, url, m, 8) for m in messages)))
+                return list(await asyncio.gather(*(_stream(client, url, m, 1) for m in messages)))
 
         first = asyncio.run(round_of(histories))
         second_messages = [
@@ -303,14 +304,28 @@ def run_prefix_cache(run: Run) -> dict[str, Any]:
     if missing is not None:
         return {"skipped": missing}
     tmp = Path(tempfile.mkdtemp(prefix="ai-stack-bench-prefix-"))
+    # BENCH_PREFIX_PARTS=openwebui,memory reruns some parts; the others are kept from the results file.
+    parts = os.environ.get("BENCH_PREFIX_PARTS", "conversation,openwebui,shared_system,memory").split(",")
+    previous = run.out / f"{run.stem}.json"
+    kept = (
+        json.loads(previous.read_text()).get("sections", {}).get("prefix_cache", {})
+        if previous.exists()
+        else {}
+    )
+    partial = run.out / f"{run.stem}-prefix-cache-partial.json"
     servers, raw, info = _arms(tmp)
-    result: dict[str, Any] = {"setup": info}
+    result: dict[str, Any] = {**kept, "setup": info, "parts_run": parts}
+    requests = 500 if run.settings.mode == "full" else 100
+    steps: dict[str, Any] = {
+        "conversation": lambda: _conversation(run, servers, raw),
+        "openwebui": lambda: _openwebui(run, servers, raw),
+        "shared_system": lambda: _shared_system(run, servers),
+        "memory": lambda: _memory(run, servers[ON], requests),
+    }
     try:
-        result["conversation"] = run.guarded("conversation", lambda: _conversation(run, servers, raw))
-        result["openwebui"] = run.guarded("openwebui", lambda: _openwebui(run, servers, raw))
-        result["shared_system"] = run.guarded("shared_system", lambda: _shared_system(run, servers))
-        requests = 500 if run.settings.mode == "full" else 100
-        result["memory"] = run.guarded("memory", lambda: _memory(run, servers[ON], requests))
+        for name in parts:
+            result[name] = {**run.guarded(name, steps[name]), "load_average": os.getloadavg()}
+            partial.write_text(json.dumps(result, indent=1))  # what is done survives an interrupted run
     finally:
         for server in servers.values():
             server.stop()

@@ -387,6 +387,8 @@ class LlamaCppChatEngine(HFTextMixin):
         tokens = self._reusable(request) if keep and self.prefix_cache else []
         if not tokens:
             self._ll.llama_memory_seq_rm(self._memory, request.seq, -1, -1)
+        elif len(tokens) < request.fed + len(request.decoded):  # cells no prompt may reuse: freed now
+            self._ll.llama_memory_seq_rm(self._memory, request.seq, len(tokens), -1)
         with self._cond:
             self._slots[request.seq].tokens = tokens
             self._active.pop(request.seq, None)
