@@ -371,7 +371,8 @@ def report_lines(section: dict[str, Any]) -> list[str]:
     if ON in shared:
         lines += ["8 clients, one system prompt, two rounds at once: mean time to first token (s):", ""]
         lines += ["| arm | round 1 | round 2 | round 2 cached tokens |", "|---|---|---|---|"]
-        for arm, rounds in shared.items():
+        for arm in (ON, OFF):
+            rounds = shared[arm]
             mean1 = sum(r["ttft_s"] for r in rounds["round1"]) / len(rounds["round1"])
             mean2 = sum(r["ttft_s"] for r in rounds["round2"]) / len(rounds["round2"])
             cached = [r["cached_tokens"] for r in rounds["round2"]]
