@@ -29,6 +29,7 @@ async def stream_chat(
     messages: list[dict[str, Any]],
     max_tokens: int,
     model: str = "default",
+    **extra: Any,
 ) -> dict[str, Any]:
     """One streamed chat completion (greedy): time to the first content piece, of each piece, of the end."""
     body = {
@@ -38,6 +39,7 @@ async def stream_chat(
         "temperature": 0,
         "stream": True,
         "stream_options": {"include_usage": True},
+        **extra,
     }
     started = time.perf_counter()
     times: list[float] = []
@@ -65,6 +67,7 @@ async def stream_chat(
         "piece_times_s": [round(t, 5) for t in times],
         "completion_tokens": int(usage.get("completion_tokens", len(times))),
         "prompt_tokens": int(usage.get("prompt_tokens", 0)),
+        "cached_tokens": (usage.get("prompt_tokens_details") or {}).get("cached_tokens"),
         "text": "".join(text),
     }
 

@@ -21,6 +21,7 @@ from typing import Any
 import httpx
 
 from bench.baselines import llama_cpp_missing, model_files
+from bench.client import stream_chat
 from bench.context import Run
 from bench.server import CHAT, RssSampler, ServerProcess
 
@@ -102,39 +103,13 @@ async def _stream(
     client: httpx.AsyncClient, url: str, messages: list[dict[str, Any]], max_tokens: int, **extra: Any
 ) -> dict[str, Any]:
     """One streamed greedy request: time to the first token and the usage (with cached_tokens)."""
-    body = {
-        "model": "default",
-        "messages": messages,
-        "max_tokens": max_tokens,
-        "temperature": 0,
-        "stream": True,
-        "stream_options": {"include_usage": True},
-        **extra,
-    }
-    started = time.perf_counter()
-    first = None
-    usage: dict[str, Any] = {}
-    async with client.stream("POST", f"{url}/v1/chat/completions", json=body) as response:
-        response.raise_for_status()
-        async for line in response.aiter_lines():
-            if not line.startswith("data: {"):
-                continue
-            event = json.loads(line[6:])
-            if "error" in event:
-                raise RuntimeError(f"stream error: {event['error']}")
-            if event.get("usage"):
-                usage = event["usage"]
-            if first is None and event.get("choices"):
-                delta = event["choices"][0].get("delta", {})
-                if delta.get("content") or delta.get("tool_calls"):
-                    first = time.perf_counter() - started
-    total = time.perf_counter() - started
+    result = await stream_chat(client, url, messages, max_tokens, **extra)
     return {
         # With max_tokens = 1 (every pattern here) the whole request is the time to the first token.
-        "ttft_s": total if max_tokens == 1 or first is None else first,
-        "total_s": total,
-        "prompt_tokens": usage.get("prompt_tokens"),
-        "cached_tokens": (usage.get("prompt_tokens_details") or {}).get("cached_tokens"),
+        "ttft_s": result["total_s"] if max_tokens == 1 else result["ttft_s"],
+        "total_s": result["total_s"],
+        "prompt_tokens": result["prompt_tokens"],
+        "cached_tokens": result["cached_tokens"],
     }
 
 
