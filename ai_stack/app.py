@@ -99,5 +99,5 @@ def create_app(config: Config, loader: Loader = load_engine) -> Starlette:
     app.state.registry = registry
     app.state.metrics = Metrics(registry)
     app.state.chat = ChatService(registry, app.state.metrics)
-    app.state.speech = SpeechService(registry)
+    app.state.speech = SpeechService(registry, app.state.chat.admission)
     return app

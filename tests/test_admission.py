@@ -212,6 +212,41 @@ def test_a_client_leaving_the_queue_frees_its_place(live_server: Any) -> None:
     client.close()
 
 
+def test_speech_has_running_and_waiting_limits_too(live_server: Any) -> None:
+    voice = {
+        "id": "voice",
+        "kind": "speech",
+        "engine": "fake-speech",
+        "source": "fake:",
+        "options": {"sentence_delay": 0.1},
+        **LIMITED,
+    }
+    live = live_server([voice])
+    client = httpx.Client(base_url=live.url, timeout=30)
+    wait_ready(client, "voice")
+    long_text = " ".join(f"Sentence {i}." for i in range(200))  # ~20 s of synthesis
+    speak = {"model": "voice", "voice": "fake-a", "response_format": "pcm"}
+    with client.stream("POST", "/v1/audio/speech", json={**speak, "input": long_text}) as running:
+        assert running.status_code == 200
+        audio = running.iter_bytes()  # kept: a dropped iterator would close the connection
+        assert next(audio)  # audio is flowing: the one slot is taken
+        waited: dict[str, httpx.Response] = {}
+        waiter = threading.Thread(
+            target=lambda: waited.update(r=client.post("/v1/audio/speech", json={**speak, "input": "Hi."}))
+        )
+        waiter.start()
+        assert wait_for(lambda: metric(client, "ai_stack_requests_waiting", model="voice") == 1)
+        refused = client.post("/v1/audio/speech", json={**speak, "input": "Hello."})
+        assert_error(refused, 429, "rate_limit_exceeded")
+        assert int(refused.headers["retry-after"]) >= 1
+    # The running stream's client left: its synthesis stops and the waiting request gets the slot.
+    waiter.join(30)
+    assert waited["r"].status_code == 200 and len(waited["r"].content) > 0
+    assert wait_for(lambda: metric(client, "ai_stack_requests_running", model="voice") == 0)
+    assert metric(client, "ai_stack_requests_waiting", model="voice") == 0
+    client.close()
+
+
 # ------------------------------------------------------------------------------------------- deadlines
 
 

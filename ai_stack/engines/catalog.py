@@ -104,6 +104,7 @@ class FakeSpeechOptions(SpeechOptions):
     sample_rate: int = Field(default=24000, ge=8000)
     load_delay: float = Field(default=0.0, ge=0)
     fail_load: str | None = None
+    sentence_delay: float = Field(default=0.0, ge=0)  # seconds each sentence takes, to hold a stream open
 
 
 @dataclass(frozen=True)

@@ -28,6 +28,7 @@ class FakeSpeechEngine:
     def __init__(self, options: FakeSpeechOptions) -> None:
         self.sample_rate = options.sample_rate
         self._voices = list(options.voices)
+        self.sentence_delay = options.sentence_delay
         self.spoken: list[str] = []  # sentences synthesized, for tests
         self.closed = False
 
@@ -53,6 +54,10 @@ class FakeSpeechEngine:
         for sentence in split_sentences(text):
             if cancel.is_set() or self.closed:
                 return
+            if self.sentence_delay:
+                cancel.wait(self.sentence_delay)
+                if cancel.is_set():
+                    return
             self.spoken.append(sentence)
             count = max(1, int(len(sentence) * SECONDS_PER_CHAR / speed * self.sample_rate))
             t = np.arange(count, dtype=np.float32) / self.sample_rate

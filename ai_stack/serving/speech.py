@@ -20,6 +20,7 @@ from ai_stack.engines.voices import parse_voice_blend
 from ai_stack.errors import InvalidRequest, stream_error_body
 from ai_stack.protocol import SpeechRequest
 from ai_stack.registry import ModelEntry, ModelRegistry, ModelState
+from ai_stack.serving.admission import Admission, Hold
 from ai_stack.threads import ThreadStream
 
 log = logging.getLogger(__name__)
@@ -115,6 +116,8 @@ class PreparedSpeech:
     stream_format: str
     cancel: threading.Event = field(default_factory=threading.Event)
     result: SpeechResult = field(default_factory=SpeechResult)
+    # Its place in the model's queue (overload control), taken when prepared; None without admission.
+    hold: Hold | None = None
 
     @property
     def media_type(self) -> str:
@@ -161,8 +164,10 @@ async def encoded_audio(speech: PreparedSpeech) -> AsyncGenerator[bytes, None]:
 class SpeechService:
     """Serves /v1/audio/speech over the registry's speech models."""
 
-    def __init__(self, registry: ModelRegistry) -> None:
+    def __init__(self, registry: ModelRegistry, admission: Admission | None = None) -> None:
         self.registry = registry
+        # Overload control shared with chat: a speech model has running and waiting limits too.
+        self.admission = admission
         # Voices of models not loaded, read from their files once; one entry per configured model at most.
         self._listed: dict[str, list[VoiceInfo] | None] = {}
 
@@ -216,6 +221,9 @@ class SpeechService:
         """Find the model and resolve the voice; problems here are error responses, not broken streams."""
         entry, engine = self.registry.speech_engine(self.route(request.model, request.voice_id))
         voice = resolve_voice(entry, engine, request.voice_id)
+        hold = None
+        if self.admission is not None:  # 429 now, before any byte of the response
+            hold = self.admission.admit(entry.spec.id, entry.spec, engine, 1)
         return PreparedSpeech(
             model_id=entry.spec.id,
             engine=engine,
@@ -224,6 +232,7 @@ class SpeechService:
             speed=request.speed,
             response_format=request.response_format,
             stream_format=request.stream_format,
+            hold=hold,
         )
 
     async def start(self, speech: PreparedSpeech) -> AsyncIterator[bytes]:
@@ -244,14 +253,20 @@ class SpeechService:
         return self._audio(speech, first, chunks)
 
     async def _held(self, speech: PreparedSpeech) -> AsyncGenerator[bytes, None]:
-        """The encoded audio, with the model marked busy meanwhile (no idle or budget unload under it)."""
-        with self.registry.in_use(speech.model_id):
-            chunks = encoded_audio(speech)
-            try:
-                async for data in chunks:
-                    yield data
-            finally:
-                await chunks.aclose()
+        """The encoded audio once the model has a free slot (awaited on the loop), marking the model busy."""
+        hold = speech.hold
+        try:
+            async with hold.ticket.running() if hold is not None else contextlib.nullcontext():
+                with self.registry.in_use(speech.model_id):
+                    chunks = encoded_audio(speech)
+                    try:
+                        async for data in chunks:
+                            yield data
+                    finally:
+                        await chunks.aclose()
+        finally:
+            if hold is not None:
+                hold.close()
 
     async def _audio(
         self, speech: PreparedSpeech, first: bytes, chunks: AsyncGenerator[bytes, None]
