@@ -116,6 +116,11 @@ def _memory_delta(before: tuple[int, dict[int, int]], after: tuple[int, dict[int
     return max(0, after[0] - before[0])
 
 
+def _byte_count(value: object) -> int | None:
+    """An engine's reported byte count when it is one (a non-negative int), else None."""
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
+
+
 class ModelRegistry:
     """Loads several models in one process; requests pick one by id or alias."""
 
@@ -356,10 +361,14 @@ class ModelRegistry:
         device = device_key(str(getattr(engine, "device", "cpu")))
         # An engine may report what it holds (`memory_bytes`); else the growth of the process's memory on the
         # device; else (memory torch does not see, such as llama.cpp's on CUDA) its weight files' size.
-        own = getattr(engine, "memory_bytes", None)
-        if isinstance(own, int) and not isinstance(own, bool) and own >= 0:
-            return engine, device, own
-        return engine, device, _memory_delta(before, after, device) or weight_bytes(spec, self.config)
+        # A cache that grows while the model serves (transformers' prefix cache) counts with its whole budget
+        # (`reserved_bytes`), so that models fitting the budget at load still fit once their caches are full.
+        reserved = _byte_count(getattr(engine, "reserved_bytes", 0)) or 0
+        own = _byte_count(getattr(engine, "memory_bytes", None))
+        if own is not None:
+            return engine, device, own + reserved
+        loaded = _memory_delta(before, after, device) or weight_bytes(spec, self.config)
+        return engine, device, loaded + reserved
 
     # --- the memory budget ---------------------------------------------------------------------------------
 

@@ -60,6 +60,7 @@ class Setup:
 
     def __init__(self) -> None:
         self.sizes: dict[str, int] = {}
+        self.reserved: dict[str, int] = {}  # what an engine's caches may still grow to (reserved_bytes)
         self.gates: dict[str, threading.Event] = {}
         self.loads: list[str] = []
 
@@ -68,7 +69,9 @@ class Setup:
         if spec.engine != "fake":
             return load_engine(spec, config)
         options = FakeOptions.model_validate(spec.options)
-        return TrackedEngine(options, self.sizes.get(spec.id), self.gates.get(spec.id))
+        engine = TrackedEngine(options, self.sizes.get(spec.id), self.gates.get(spec.id))
+        engine.reserved_bytes = self.reserved.get(spec.id, 0)
+        return engine
 
 
 @pytest.fixture
@@ -219,6 +222,19 @@ def test_byte_budget_unloads_until_the_model_fits_and_reports_memory(
     error = assert_error(chat(client, "big"), 503, "model_load_failed", "model")
     assert "more than its memory_budget" in error["message"]
     assert chat(client, "z").status_code == 200
+
+
+def test_a_cache_that_grows_counts_with_its_whole_budget(
+    budget_client: Callable[..., TestClient], setup: Setup
+) -> None:
+    setup.sizes.update({"x": 40, "y": 40})
+    setup.reserved.update({"x": 30})  # x's prefix cache may grow by 30 after its load
+    client = budget_client([fake("x", autoload=False), fake("y", autoload=False)], memory_budget={"cpu": 100})
+    assert chat(client, "x").status_code == 200
+    cards = {m["id"]: m for m in client.get("/v1/models").json()["data"]}
+    assert cards["x"]["memory_bytes"] == 70
+    assert chat(client, "y").status_code == 200  # 70 + 40 > 100: x goes, though its load alone took 40
+    assert states(client) == {"x": "unloaded", "y": "ready"}
 
 
 def test_a_busy_model_is_not_unloaded_to_make_room(

@@ -528,6 +528,7 @@ def test_memory_stays_within_the_budget_over_500_varied_requests(tiny_dirs: dict
     engine.eos_ids = set()
     cache = engine.prefix_cache
     assert cache is not None
+    assert engine.reserved_bytes == budget  # what the registry's memory budget counts on top of the load
     rng = random.Random(7)
     words = f"{SYSTEM} {QUESTIONS[2]}".split()
     heads = [" ".join(rng.choice(words) for _ in range(rng.randint(5, 40))) for _ in range(6)]

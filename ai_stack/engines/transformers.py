@@ -147,6 +147,11 @@ class TransformersChatEngine(HFTextMixin):
         if prefix_cache and prefix_cache_bytes > 0:
             self.prefix_cache = PrefixCache(prefix_cache_block, prefix_cache_bytes)
 
+    @property
+    def reserved_bytes(self) -> int:
+        """Memory the engine may take after its load: its prefix cache budget (the memory budget counts it)."""
+        return self.prefix_cache.max_bytes if self.prefix_cache is not None else 0
+
     def generate(
         self,
         prompt: Prompt,
