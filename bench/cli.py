@@ -17,7 +17,7 @@ from bench.context import Run, Settings
 from bench.machine import load_average, machine_info, machine_slug
 
 RESULTS = Path(__file__).resolve().parent / "results"
-SECTIONS = ["physical", "gateway", "chat", "speech", "startup", "gpu", "prefix_cache"]
+SECTIONS = ["physical", "gateway", "chat", "speech", "startup", "gpu", "prefix_cache", "head_of_line"]
 
 
 def _section(name: str) -> Callable[[Run], dict[str, Any]]:
@@ -46,6 +46,10 @@ def _section(name: str) -> Callable[[Run], dict[str, Any]]:
         from bench.prefix_cache import run_prefix_cache
 
         return run_prefix_cache
+    if name == "head_of_line":
+        from bench.head_of_line import run_head_of_line
+
+        return run_head_of_line
     from bench.sections.gpu import run_gpu
 
     return run_gpu

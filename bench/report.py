@@ -713,6 +713,16 @@ class Report:
 
             self.add(*report_lines(section))
 
+    def head_of_line(self) -> None:
+        """Issue 13 part 3: a short request behind a long prompt, abandoned or running."""
+        if self.sections.get("head_of_line") is None:
+            return
+        section = self.section_ok("head_of_line", "Head-of-line blocking by a long prompt")
+        if section is not None:
+            from bench.head_of_line import report_lines
+
+            self.add(*report_lines(section))
+
     def render(self) -> Path:
         self.header()
         self.headline()
@@ -724,6 +734,7 @@ class Report:
             self.startup,
             self.gpu,
             self.prefix_cache,
+            self.head_of_line,
         ):
             part()
         self.add(

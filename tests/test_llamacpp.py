@@ -341,6 +341,45 @@ def test_batch_invariant_answers_run_together_equal_answers_run_alone(engine: An
         invariant.close()
 
 
+def test_a_short_prompt_is_not_held_behind_a_long_prompt_being_read() -> None:
+    """Prompts being read take turns, a chunk each: a short one that comes while a long one is read answers
+    before the long one's first token; a long prompt whose request is cancelled stops being read."""
+    engine = load_engine(n_batch=32, parallel=2, prefix_cache=False)
+    events: list[str] = []
+    try:
+        words = " ".join(f"item{i}" for i in range(200))  # ~720 tokens of the 1024 per sequence
+        long_prompt = engine.render([{"role": "user", "content": f"Sort these: {words}"}], {})
+        short_prompt = engine.render([{"role": "user", "content": "Say hi."}], {})
+        assert len(long_prompt.token_ids) > 20 * 32
+
+        def run(prompt: Any, name: str, cancel: threading.Event) -> None:
+            params = SamplingParams(max_tokens=2, temperature=0.0)
+            engine.generate(prompt, params, cancel, lambda piece: events.append(name))
+
+        def reading() -> bool:  # the long prompt is in and partly read
+            return any(0 < r.fed < len(r.prompt) for r in list(engine._active.values()))
+
+        long = threading.Thread(target=run, args=(long_prompt, "long", threading.Event()))
+        long.start()
+        assert wait_for(reading, 60)
+        run(short_prompt, "short", threading.Event())
+        long.join(300)
+        assert events[:2] == ["short", "short"] and events.count("long") == 2, events
+        # Cancelled while read: it stops at the next chunk, not at the end of the prompt.
+        cancel = threading.Event()
+        again = threading.Thread(target=run, args=(long_prompt, "again", cancel))
+        decodes = engine.stats["decodes"]
+        again.start()
+        assert wait_for(reading, 60)
+        cancel.set()
+        again.join(60)
+        assert "again" not in events
+        assert engine.stats["decodes"] - decodes < len(long_prompt.token_ids) // 32
+        assert engine.busy_sequences() == 0
+    finally:
+        engine.close()
+
+
 # --- the prefix cache ---------------------------------------------------------------------------------------
 
 SYSTEM = {"role": "system", "content": "You are a careful assistant who answers briefly. " * 12}
@@ -470,7 +509,7 @@ def test_reuse_is_token_level_and_memory_stays_bounded() -> None:
     """One sequence: cached tokens are exactly the common prefix with what it holds (so a different template
     rendering or tool list reuses only what is identical); over many varied requests the KV cells always match
     the kept tokens and never exceed the slot."""
-    from ai_stack.engines.llamacpp import common_prefix
+    from ai_stack.engines.prefix_cache import common_prefix
 
     engine = load_engine(parallel=1)
     try:

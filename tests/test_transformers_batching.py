@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -12,6 +13,7 @@ from typing import Any
 import pytest
 
 from ai_stack.engines.base import Generation, GenerationCancelled, Piece, Prompt, SamplingParams
+from ai_stack.engines.prefix_cache import common_prefix
 from ai_stack.engines.transformers import TransformersChatEngine, load_transformers
 from tests.conftest import wait_for, wait_ready
 
@@ -327,7 +329,63 @@ def test_cancel_during_a_chunked_prefill(tiny_dirs: dict[str, Path]) -> None:
         assert isinstance(long.result, (Generation, GenerationCancelled)), long.result
         if isinstance(long.result, Generation):
             assert long.result.completion_tokens < 8
-        assert engine._prefill is None and not engine._rows
+        assert not engine._prefills and not engine._rows
+    finally:
+        engine.close()
+
+
+class SlowModel:
+    """The model, each forward pass slowed down and counted (prompt chunks are then easy to catch)."""
+
+    def __init__(self, model: Any, delay: float) -> None:
+        self.model, self.delay, self.calls = model, delay, 0
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        self.calls += 1
+        time.sleep(self.delay)
+        return self.model(*args, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.model, name)
+
+
+def test_a_short_prompt_is_not_held_behind_a_long_prompt_being_read(tiny_dirs: dict[str, Path]) -> None:
+    """Prompts being read take turns, a chunk each, even while nothing decodes: a short one that comes while a
+    long one is read answers before the long one's first token; a cancelled long prompt stops being read."""
+    engine = load_transformers(str(tiny_dirs["llama"]), dtype="float32", prefill_chunk=8, prefix_cache=False)
+    engine.eos_ids = set()
+    slow = SlowModel(engine.model, 0.02)
+    engine.model = slow
+    try:
+        question = "Tell me about " + ", ".join(f"item {i}" for i in range(80))
+        chunks = len(engine.render([{"role": "user", "content": question}], {}).token_ids) // 8
+        assert chunks > 30
+        alone = run_alone(engine, Run(question, SamplingParams(max_tokens=3, temperature=0.0)))
+        events: list[tuple[str, int]] = []
+        long = Run(question, SamplingParams(max_tokens=3, temperature=0.0))
+        short = Run("Hi", SamplingParams(max_tokens=3, temperature=0.0))
+        long.pieces, short.pieces = LoggedPieces("long", events), LoggedPieces("short", events)
+
+        def reading() -> bool:
+            return any(p.fed > 0 for p in list(engine._prefills))
+
+        worker = threading.Thread(target=run_alone, args=(engine, long))
+        worker.start()
+        assert wait_for(reading, 30)
+        run_alone(engine, short)
+        worker.join(60)
+        assert [name for name, _ in events][:3] == ["short"] * 3, events
+        assert long.text == alone.text  # read in turns, answered as when read alone
+        # Cancelled while read (nothing decoding): it stops at the next chunk.
+        cancelled = Run(question, SamplingParams(max_tokens=3, temperature=0.0))
+        calls = slow.calls
+        worker = threading.Thread(target=run_alone, args=(engine, cancelled))
+        worker.start()
+        assert wait_for(reading, 30)
+        cancelled.cancel.set()
+        worker.join(60)
+        assert not cancelled.pieces and slow.calls - calls < chunks // 2
+        assert not engine._prefills and not engine._rows
     finally:
         engine.close()
 
@@ -376,10 +434,6 @@ def ask(engine: TransformersChatEngine, prompt: Prompt, params: SamplingParams) 
     run = Run("", params)
     run.result = engine.generate(prompt, params, run.cancel, emitter(run))
     return run
-
-
-def common_prefix(a: list[int], b: list[int]) -> int:
-    return next((i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), min(len(a), len(b)))
 
 
 def blocks_of(tokens: int) -> int:

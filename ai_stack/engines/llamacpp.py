@@ -44,6 +44,7 @@ from ai_stack.engines.base import (
 )
 from ai_stack.engines.catalog import LlamaCppOptions
 from ai_stack.engines.hf_text import HFTextMixin, eos_ids_of
+from ai_stack.engines.prefix_cache import common_prefix
 from ai_stack.engines.sampling import GrammarMask, RowSampler
 
 if TYPE_CHECKING:
@@ -82,6 +83,7 @@ class _Request:
     sampler: RowSampler | None = None
     cached: int = 0  # prompt tokens whose KV was reused instead of computed
     decoded: list[int] = field(default_factory=list)  # generated tokens whose KV is in the sequence
+    fed_at: int = -1  # the decode step that fed its last prompt chunk: prompts being read take turns
 
     def kv_tokens(self) -> list[int]:
         """The tokens whose KV the sequence holds now, in position order."""
@@ -99,15 +101,6 @@ class _Slot:
 # A prefix found in another sequence is copied (a copy of that sequence's whole KV stream) only when it saves
 # at least this many prompt tokens: below that, computing them costs about as much as the copy.
 MIN_COPY_TOKENS = 32
-
-
-def common_prefix(a: list[int], b: list[int]) -> int:
-    """The length of the longest common prefix of two token lists."""
-    n = min(len(a), len(b))
-    i = 0
-    while i < n and a[i] == b[i]:
-        i += 1
-    return i
 
 
 class LlamaCppChatEngine(HFTextMixin):
@@ -418,7 +411,11 @@ class LlamaCppChatEngine(HFTextMixin):
         # A step either decodes one token for every running sequence or feeds one prompt chunk, never both:
         # tokens of several sequences that each bring several rows are split by llama.cpp into ubatches whose
         # numerics differ from a prompt fed alone (measured: logits off by 0.3 on the default model).
-        prefill = next((r for r in active if r.next_token is None), None)
+        # Prompts being read take turns, a chunk each (the one fed longest ago first), so a short prompt
+        # that comes while a long one is read waits about one chunk, not the whole long prompt.
+        prefill = min(
+            (r for r in active if r.next_token is None), key=lambda r: (r.fed_at, r.seq), default=None
+        )
         for request in active:
             if request.next_token is None or (prefill is not None and self.batch_invariant):
                 continue
@@ -436,6 +433,7 @@ class LlamaCppChatEngine(HFTextMixin):
                     rows.append((n, prefill))
                 n += 1
             prefill.fed += take
+            prefill.fed_at = self.stats["decodes"]
         if n == 0:
             return
         batch.n_tokens = n

@@ -19,6 +19,15 @@ T = TypeVar("T")
 _Key = tuple[int, tuple[int, ...]]  # (parent block id, 0 for the root; this block's tokens)
 
 
+def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    """The length of the longest common prefix of two token lists."""
+    n = min(len(a), len(b))
+    i = 0
+    while i < n and a[i] == b[i]:
+        i += 1
+    return i
+
+
 @dataclass(eq=False)
 class _Block(Generic[T]):
     """One cached block: its key, its parent, its payload and its size."""

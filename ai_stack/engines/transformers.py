@@ -27,7 +27,7 @@ from ai_stack.engines.base import (
 from ai_stack.engines.catalog import TransformersOptions
 from ai_stack.engines.hf_text import HFTextMixin, eos_ids_of
 from ai_stack.engines.kv_batch import BatchKV
-from ai_stack.engines.prefix_cache import PrefixCache
+from ai_stack.engines.prefix_cache import PrefixCache, common_prefix
 from ai_stack.engines.sampling import GrammarMask
 from ai_stack.engines.torch_device import (
     cpu_packs_fp16,
@@ -92,12 +92,13 @@ class _Row:
 class TransformersChatEngine(HFTextMixin):
     """A causal LM and its tokenizer; a scheduler thread batches the decode steps of concurrent requests.
 
-    Each request is prefilled alone, then joins the running batch: its KV cache is left-padded to the batch's
-    length and concatenated along the batch axis. While other requests stream, prompts are fed in chunks of at
-    most `prefill_chunk` tokens between two decode steps, so a long prompt does not stall them. One forward
-    pass per step decodes a token for every row; each row then goes through its own logits processing,
-    sampling (its own generator) and stop checks, and leaves the batch when it ends. A batch of one runs the
-    single-request path (no mask, no positions).
+    Each request is prefilled apart, then joins the running batch: its KV cache is left-padded to the batch's
+    length and concatenated along the batch axis. Prompts are fed in chunks of at most `prefill_chunk` tokens
+    between two decode steps, the prompts being prefilled taking turns, so a long prompt stalls neither the
+    streaming requests nor a short prompt that arrives while it is read, and a cancelled one stops at once.
+    One forward pass per step decodes a token for every row; each row then goes through its own logits
+    processing, sampling (its own generator) and stop checks, and leaves the batch when it ends. A batch of
+    one runs the single-request path (no mask, no positions).
 
     With a prefix cache, a prompt's KV is stored in blocks once its prefill ends (so requests admitted after
     it, such as the other choices of `n` or concurrent requests with the same system prompt, reuse it), and
@@ -138,7 +139,8 @@ class TransformersChatEngine(HFTextMixin):
         self._thread: threading.Thread | None = None
         self._closed = False
         self._rows: list[_Row] = []
-        self._prefill: _Prefill | None = None  # the request being prefilled, not yet in the batch
+        # Requests being prefilled, not yet in the batch; they take turns, a chunk each.
+        self._prefills: deque[_Prefill] = deque()
         self._kv = BatchKV()  # the rows' merged KV cache, in the order of _rows
         self._batchable: bool | None = None  # whether the model's cache layers can be padded and merged
         self.peak_batch = 0  # the most rows one decode step has served (for tests and diagnostics)
@@ -149,7 +151,7 @@ class TransformersChatEngine(HFTextMixin):
 
     @property
     def reserved_bytes(self) -> int:
-        """Memory the engine may take after its load: its prefix cache budget (the memory budget counts it)."""
+        """Memory the engine may use after its load: its prefix cache budget (the memory budget counts it)."""
         return self.prefix_cache.max_bytes if self.prefix_cache is not None else 0
 
     def generate(
@@ -193,7 +195,7 @@ class TransformersChatEngine(HFTextMixin):
                 with self._cond:
                     if self._closed:
                         break
-                    if not self._rows and not self._waiting and self._prefill is None:
+                    if not self._rows and not self._waiting and not self._prefills:
                         self._cond.wait(IDLE_EXIT_S)
                         if not self._waiting and not self._closed:
                             self._thread = None  # idle: a later generate() starts a fresh thread
@@ -216,36 +218,60 @@ class TransformersChatEngine(HFTextMixin):
         self._fail_batch(closed)
 
     def _fail_batch(self, exc: BaseException) -> None:
-        rows = self._rows + ([self._prefill.row] if self._prefill is not None else [])
+        rows = self._rows + [prefill.row for prefill in self._prefills]
         for row in rows:
             if row.finish is None and row.error is None:
                 row.error = exc
             self._finish(row)
         self._rows = []
         self._kv.clear()
-        self._prefill = None
+        self._prefills.clear()
 
     def _capacity(self) -> int:
         """max_batch once the first prefill showed the cache can be merged; one row until then or if not."""
         return self.max_batch if self._batchable else 1
 
     def _fill(self) -> None:
-        """Prefill waiting requests into free rows: without limit while nothing is decoding, else at most
-        prefill_chunk prompt tokens, so the streaming rows wait one chunk, not a whole long prompt."""
-        budget: int | None = None
-        while budget is None or budget > 0:
-            if budget is None and self._rows:
-                budget = self.prefill_chunk  # from now on, rows are waiting for their next token
-            if self._prefill is None:
-                with self._cond:
-                    if not self._waiting or len(self._rows) >= self._capacity():
-                        return
-                    request = self._waiting.popleft()
-                self._start(request)
-                continue
-            fed = self._prefill_chunk(budget)
-            if budget is not None:
-                budget -= fed
+        """Start waiting requests in free rows, then feed at most prefill_chunk prompt tokens, the prefilling
+        requests taking turns: streaming rows wait one chunk between two tokens, a short prompt that comes
+        while a long one is read waits about one chunk (not the whole long prompt), and a cancelled prefill
+        stops at the next chunk."""
+        self._admit()
+        budget = self.prefill_chunk
+        while budget > 0 and self._prefills:
+            prefill = self._prefills[0]
+            fed, ended = self._prefill_chunk(prefill, budget)
+            if ended:
+                if self._prefills and self._prefills[0] is prefill:  # (a failed merge clears them all)
+                    self._prefills.popleft()
+            else:
+                self._prefills.rotate(-1)  # its next chunk comes after the others' turns
+            budget -= fed
+
+    def _admit(self) -> None:
+        """Start waiting requests (in order) while rows are free."""
+        while True:
+            with self._cond:
+                if len(self._rows) + len(self._prefills) >= self._capacity():
+                    return
+                request = self._next_waiting()
+                if request is None:
+                    return
+            self._start(request)
+
+    def _next_waiting(self) -> _Request | None:
+        """The first waiting request to start; one whose prompt shares a cache block with a prompt being
+        prefilled waits for that prefill to end, to reuse its KV instead of computing it again."""
+        cache = self.prefix_cache
+        for request in self._waiting:
+            tokens = request.prompt.token_ids
+            if cache is None or not self._batchable or not any(
+                common_prefix(tokens, p.row.request.prompt.token_ids) >= cache.block_size
+                for p in self._prefills
+            ):
+                self._waiting.remove(request)
+                return request
+        return None
 
     def _start(self, request: _Request) -> None:
         """Make the request's row and queue its prompt for prefill (or end it at once)."""
@@ -263,8 +289,9 @@ class TransformersChatEngine(HFTextMixin):
             row.finish = "length"
             self._finish(row)
             return
-        self._prefill = _Prefill(row)
-        self._reuse_prefix(self._prefill)
+        prefill = _Prefill(row)
+        self._reuse_prefix(prefill)
+        self._prefills.append(prefill)
 
     def _reuse_prefix(self, prefill: _Prefill) -> None:
         """Start the prefill from the longest cached prefix of its prompt (all but its last token at most:
@@ -313,26 +340,22 @@ class TransformersChatEngine(HFTextMixin):
         except Exception:  # e.g. out of memory while copying: the request itself is not affected
             log.warning("storing a prefix in the cache failed", exc_info=True)
 
-    def _prefill_chunk(self, budget: int | None) -> int:
-        """Feed the next chunk of the prefilling prompt (all the rest when budget is None); once the prompt
-        is in, take the first token and merge the row into the batch. Returns the tokens fed."""
-        prefill = self._prefill
-        assert prefill is not None
+    def _prefill_chunk(self, prefill: _Prefill, budget: int) -> tuple[int, bool]:
+        """Feed the next chunk (at most budget tokens) of a prefilling prompt; once the prompt is in, take
+        the first token and merge the row into the batch. Returns the tokens fed and whether it ended."""
         row, request = prefill.row, prefill.row.request
         if request.cancel.is_set():
-            self._prefill = None
             row.finish = "stop"
             self._finish(row)
-            return 0
+            return 0, True
         total = int(row.ids.shape[1])
-        take = total - prefill.fed if budget is None else min(budget, total - prefill.fed)
+        take = min(budget, total - prefill.fed)
         try:
             chunk = row.ids[:, prefill.fed : prefill.fed + take]
             out = self.model(input_ids=chunk, cache=prefill.cache, use_cache=True, logits_to_keep=1)
             prefill.cache, prefill.fed = out.cache, prefill.fed + take
             if prefill.fed < total:
-                return take
-            self._prefill = None
+                return take, False
             if self._batchable is None:
                 self._batchable = all(type(layer) is DynamicLayer for layer in out.cache.layers)
                 if not self._batchable:
@@ -343,13 +366,12 @@ class TransformersChatEngine(HFTextMixin):
             else:
                 self._take(row, out.logits[:, -1, :].float())
         except Exception as exc:
-            self._prefill = None
             request.result = exc
             request.done.set()
-            return take
+            return take, True
         if row.finish is not None or row.error is not None:
             self._finish(row)
-            return take
+            return take, True
         try:
             self._merge(row, prefill.cache)
         except Exception as exc:  # the batch's cache may be half merged: end the batch
@@ -357,7 +379,7 @@ class TransformersChatEngine(HFTextMixin):
             row.error = exc
             self._finish(row)
             self._fail_batch(exc)
-        return take
+        return take, True
 
     def _merge(self, row: _Row, cache: Any) -> None:
         """Add a prefilled row to the batch."""

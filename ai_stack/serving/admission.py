@@ -320,7 +320,7 @@ def shutting_down(detail: str = "") -> ServerShuttingDown:
 
 
 class Admission:
-    """Every model's queue (chat and speech): admits or refuses requests, and stops the waiting ones at shutdown."""
+    """Every model's queue (chat, speech): admits or refuses requests, ends the waiting ones at shutdown."""
 
     def __init__(self, server: ServerConfig, metrics: Metrics | None = None) -> None:
         self.server = server
