@@ -89,7 +89,8 @@ class ModelSpec(BaseModel):
     source: str = Field(min_length=1)
     device: str = Field(default="auto", pattern=DEVICE_PATTERN)
     dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"
-    quantization: Literal["none", "nf4", "int8"] = "none"
+    # auto: NF4 on CPUs where bitsandbytes fuses 4-bit GEMMs, else none (ai_stack/engines/torch_device.py).
+    quantization: Literal["none", "auto", "nf4", "fp4", "int8"] = "none"
     autoload: bool = True
     context_length: int | None = Field(default=None, ge=16)
     description: str = ""

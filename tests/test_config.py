@@ -32,7 +32,8 @@ def test_bad_config_files_name_file_key_and_problem(tmp_path: Path) -> None:
             '[[models]]\nid = "a"\nsource = "x/y"\noptions = { max_batchh = 4 }',
             "models[0]",
             "model 'a': unknown option 'max_batchh' for engine 'transformers' "
-            "(its options: max_batch, prefill_chunk, prefix_cache, prefix_cache_bytes, prefix_cache_block)",
+            "(its options: max_batch, prefill_chunk, prefix_cache, prefix_cache_bytes, prefix_cache_block, "
+            "double_quant)",
         ),
         "option-type.toml": (
             '[[models]]\nid = "a"\nsource = "x.gguf"\nengine = "llamacpp"\noptions = { parallel = "4" }',

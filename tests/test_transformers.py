@@ -140,10 +140,11 @@ def test_sampling_settings_are_accepted(app_client: Any, tiny_dirs: dict[str, Pa
     assert first.json()["choices"][0]["message"] == second.json()["choices"][0]["message"]  # same seed
 
 
-def test_nf4_without_cuda_fails_with_a_clear_reason(app_client: Any, tiny_dirs: dict[str, Path]) -> None:
+def test_int8_without_cuda_fails_with_a_clear_reason(app_client: Any, tiny_dirs: dict[str, Path]) -> None:
+    # nf4/fp4 run on CPU too: tests/test_transformers_4bit.py
     if torch.cuda.is_available():
         pytest.skip("this machine has CUDA; the refusal path is for CPU-only machines")
-    client = app_client([{"id": "q4", "source": str(tiny_dirs["qwen3"]), "quantization": "nf4"}])
+    client = app_client([{"id": "q8", "source": str(tiny_dirs["qwen3"]), "quantization": "int8"}])
     assert wait_for(lambda: client.get("/v1/models").json()["data"][0]["state"] == "failed")
     error = client.get("/v1/models").json()["data"][0]["error"]
     assert "needs an NVIDIA GPU with CUDA" in error and 'quantization = "none"' in error

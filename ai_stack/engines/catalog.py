@@ -36,6 +36,8 @@ class TransformersOptions(EngineOptions):
     prefix_cache: bool = True  # reuse the KV of earlier prompts' (and answers') prefixes
     prefix_cache_bytes: int = Field(default=1 << 30, ge=0)  # its budget on the model's device; 0 turns it off
     prefix_cache_block: int = Field(default=64, ge=1, le=4096)  # tokens per cached block
+    # 4-bit (nf4/fp4) weights: also quantize the blocks' scales; None: on CUDA only (it slows CPU decode).
+    double_quant: bool | None = None
 
 
 class LlamaCppOptions(EngineOptions):

@@ -1,4 +1,4 @@
-"""The transformers + torch chat engine: CUDA (optionally 4-bit NF4 / 8-bit via bitsandbytes), MPS, or CPU."""
+"""The transformers + torch chat engine (CUDA, MPS, CPU); 4-bit NF4/FP4 or 8-bit weights via bitsandbytes."""
 
 from __future__ import annotations
 
@@ -30,11 +30,14 @@ from ai_stack.engines.kv_batch import BatchKV
 from ai_stack.engines.prefix_cache import PrefixCache, common_prefix
 from ai_stack.engines.sampling import GrammarMask
 from ai_stack.engines.torch_device import (
+    FOUR_BIT,
     cpu_packs_fp16,
     pack_fp16_linears,
     pick_device,
     pick_dtype,
     quantization_config,
+    resolve_quantization,
+    unfuse_odd_4bit_linears,
 )
 
 if TYPE_CHECKING:
@@ -265,9 +268,13 @@ class TransformersChatEngine(HFTextMixin):
         cache = self.prefix_cache
         for request in self._waiting:
             tokens = request.prompt.token_ids
-            if cache is None or not self._batchable or not any(
-                common_prefix(tokens, p.row.request.prompt.token_ids) >= cache.block_size
-                for p in self._prefills
+            if (
+                cache is None
+                or not self._batchable
+                or not any(
+                    common_prefix(tokens, p.row.request.prompt.token_ids) >= cache.block_size
+                    for p in self._prefills
+                )
             ):
                 self._waiting.remove(request)
                 return request
@@ -466,6 +473,46 @@ class TransformersChatEngine(HFTextMixin):
             torch.cuda.empty_cache()
 
 
+class _UnreadableWeights(EngineLoadError):
+    """The model's files cannot be read: no number format would load them."""
+
+
+def _load_weights(
+    location: str, device: str, dtype: torch.dtype, quantization: str, double_quant: bool | None, warm_id: int
+) -> tuple[Any, str]:
+    """The model on `device` in its number format, warmed up, and that format in words (for the log)."""
+    quant = quantization_config(quantization, device, dtype, double_quant)
+    # fp16 on CPU: load the checkpoint as it is stored, then pack each linear layer's weight for fbgemm
+    # (under 4-bit, the layers bitsandbytes leaves unquantized: the LM head, the largest of them).
+    packed = device == "cpu" and dtype == torch.float16 and cpu_packs_fp16()
+    kwargs: dict[str, Any] = {"dtype": "auto" if packed else dtype}
+    if quant is not None:
+        kwargs["quantization_config"] = quant
+        kwargs["device_map"] = device
+    try:
+        model = AutoModelForCausalLM.from_pretrained(location, **kwargs)
+    except OSError as exc:
+        raise _UnreadableWeights(f"cannot load {location!r}: {exc}") from None
+    if quant is None:
+        model.to(device)  # type: ignore[arg-type]
+    elif device == "cpu":
+        unfuse_odd_4bit_linears(model)
+    if packed:
+        pack_fp16_linears(model)
+    model.eval()  # type: ignore[no-untyped-call]
+    with torch.inference_mode():  # warm-up: the first forward pass pays one-time kernel set-up costs
+        model(input_ids=torch.tensor([[warm_id]], device=model.device))
+    form = "fp16 packed for fbgemm, fp32 compute" if packed else str(dtype).removeprefix("torch.")
+    if quant is None:
+        return model, form
+    if quantization not in FOUR_BIT:
+        return model, f"{form}, {quantization}"
+    compute = "bf16" if device == "cpu" else str(dtype).removeprefix("torch.")
+    rest = f"; other layers {form}" if device == "cpu" else ""
+    scales = ", double-quantized scales" if quant.bnb_4bit_use_double_quant else ""
+    return model, f"{quantization} 4-bit (bitsandbytes{scales}), {compute} compute{rest}"
+
+
 def load_transformers(
     location: str,
     device: str = "auto",
@@ -477,38 +524,45 @@ def load_transformers(
     prefix_cache: bool = DEFAULTS.prefix_cache,
     prefix_cache_bytes: int = DEFAULTS.prefix_cache_bytes,
     prefix_cache_block: int = DEFAULTS.prefix_cache_block,
+    double_quant: bool | None = DEFAULTS.double_quant,
 ) -> TransformersChatEngine:
-    """Load a chat model from a local folder or hub id onto the chosen device."""
+    """Load a chat model from a local folder or hub id onto the chosen device.
+
+    4-bit weights (bitsandbytes) that fail off CUDA (no bitsandbytes, a CPU its kernels do not run on) are
+    logged as an error and the model loads without quantization instead.
+    """
     started = time.monotonic()
     resolved_device = pick_device(device)
     torch_dtype = pick_dtype(dtype, resolved_device)
-    quant = quantization_config(quantization, resolved_device, torch_dtype)
-    # fp16 on CPU: load the checkpoint as it is stored, then pack each linear layer's weight for fbgemm.
-    packed = resolved_device == "cpu" and torch_dtype == torch.float16 and quant is None and cpu_packs_fp16()
-    kwargs: dict[str, Any] = {"dtype": "auto" if packed else torch_dtype}
-    if quant is not None:
-        kwargs["quantization_config"] = quant
-        kwargs["device_map"] = resolved_device
+    quant_name = resolve_quantization(quantization, resolved_device)
     try:
         tokenizer = AutoTokenizer.from_pretrained(location)
-        model = AutoModelForCausalLM.from_pretrained(location, **kwargs)
     except OSError as exc:
         raise EngineLoadError(f"cannot load {location!r}: {exc}") from None
-    if quant is None:
-        model.to(resolved_device)  # type: ignore[arg-type]
-    if packed:
-        pack_fp16_linears(model)
-    model.eval()  # type: ignore[no-untyped-call]
-    with torch.inference_mode():  # warm-up: the first forward pass pays one-time kernel set-up costs
-        warm = torch.tensor([[tokenizer.eos_token_id or 0]], device=model.device)
-        model(input_ids=warm)
+    warm_id = tokenizer.eos_token_id or 0
+    try:
+        model, form = _load_weights(location, resolved_device, torch_dtype, quant_name, double_quant, warm_id)
+    except _UnreadableWeights:
+        raise
+    except Exception as exc:
+        if quant_name not in FOUR_BIT or resolved_device.startswith("cuda"):
+            raise
+        log.error(
+            "%s: %s 4-bit weights failed on %s (%s: %s); loading it without quantization",
+            location,
+            quant_name,
+            resolved_device,
+            type(exc).__name__,
+            exc,
+        )
+        gc.collect()
+        model, form = _load_weights(location, resolved_device, torch_dtype, "none", None, warm_id)
     limit = context_length or int(getattr(model.config, "max_position_embeddings", 0) or 0) or 2048
     log.info(
-        "loaded %s on %s (%s%s) in %.1f s, context %d",
+        "loaded %s on %s (%s) in %.1f s, context %d",
         location,
         resolved_device,
-        "fp16 packed for fbgemm, fp32 compute" if packed else str(torch_dtype).removeprefix("torch."),
-        f", {quantization}" if quant is not None else "",
+        form,
         time.monotonic() - started,
         limit,
     )
@@ -529,16 +583,23 @@ def load(spec: ModelSpec, config: Config, options: TransformersOptions) -> Trans
     """The catalog's loader: prepare the spec's source (convert a GGUF once), then load it."""
     from ai_stack.sources import parse_source, prepare_source
 
-    location = prepare_source(parse_source(spec.source, config.base_dir), config.server.home)
+    source = parse_source(spec.source, config.base_dir)
+    location = prepare_source(source, config.server.home)
+    quantization = spec.quantization
+    if quantization == "auto" and source.kind in ("embedded", "gguf"):
+        # Weights de-quantized from a 4-bit GGUF lose too much when quantized again to NF4 (88% top-1
+        # agreement on the default model, below the 95% bound: bench/results/2026-12-01-nf4-cpu.md).
+        quantization = "none"
     return load_transformers(
         location,
         device=spec.device,
         dtype=spec.dtype,
-        quantization=spec.quantization,
+        quantization=quantization,
         context_length=spec.context_length,
         max_batch=options.max_batch,
         prefill_chunk=options.prefill_chunk,
         prefix_cache=options.prefix_cache,
         prefix_cache_bytes=options.prefix_cache_bytes,
         prefix_cache_block=options.prefix_cache_block,
+        double_quant=options.double_quant,
     )
