@@ -99,6 +99,16 @@ class ModelSpec(BaseModel):
     # own keep_alive (Ollama's API) overrides it.
     keep_alive: float | None = None
 
+    @model_validator(mode="before")
+    @classmethod
+    def _remote_source(cls, data: Any) -> Any:
+        # A remote model has no weights here: it needs no source (one naming its upstreams is filled in).
+        if isinstance(data, dict) and data.get("engine") == "remote" and "source" not in data:
+            options = data.get("options")
+            upstreams = options.get("upstreams") if isinstance(options, dict) else None
+            return {**data, "source": "remote:" + ",".join(map(str, upstreams or []))}
+        return data
+
     @field_validator("keep_alive", mode="before")
     @classmethod
     def _keep_alive_seconds(cls, value: Any) -> Any:
@@ -118,7 +128,7 @@ class ModelSpec(BaseModel):
     @model_validator(mode="after")
     def _engine_fits_kind(self) -> ModelSpec:
         kind = ENGINES[self.engine].kind
-        if kind != self.kind:
+        if not ENGINES[self.engine].serves(self.kind):
             others = ", ".join(repr(name) for name in engine_names(self.kind))
             raise ValueError(
                 f'engine {self.engine!r} serves {kind} models; set kind = "{kind}" or use {others}'

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 from starlette.requests import Request
 from starlette.responses import Response
@@ -25,6 +25,60 @@ class _ModelStates(Collector):
             for state in ModelState:
                 family.add_metric([entry.spec.id, state.value], 1.0 if entry.state == state else 0.0)
         yield family
+
+
+class _Upstreams(Collector):
+    """Per upstream of each remote model: requests, errors by kind, latency to response headers, in flight."""
+
+    def __init__(self, models: ModelRegistry) -> None:
+        self.models = models
+
+    def collect(self) -> Iterator[Metric]:
+        from ai_stack.fleet.engine import RemoteEngine
+        from ai_stack.fleet.pool import LATENCY_BUCKETS
+
+        labels = ["model", "upstream"]
+        requests = CounterMetricFamily(
+            "ai_stack_upstream_requests", "Requests sent to an upstream", labels=labels
+        )
+        errors = CounterMetricFamily(
+            "ai_stack_upstream_errors",
+            "Upstream failures: connect, connection, timeout, status_4xx, status_5xx, broken_stream",
+            labels=[*labels, "kind"],
+        )
+        latency = HistogramMetricFamily(
+            "ai_stack_upstream_latency_seconds",
+            "Seconds from sending a request to its response headers",
+            labels=labels,
+        )
+        in_flight = GaugeMetricFamily(
+            "ai_stack_upstream_in_flight", "Requests on an upstream now", labels=labels
+        )
+        healthy = GaugeMetricFamily(
+            "ai_stack_upstream_healthy", "1 while an upstream passes its checks", labels=labels
+        )
+        draining = GaugeMetricFamily(
+            "ai_stack_upstream_draining", "1 while an upstream is drained", labels=labels
+        )
+        for entry in self.models.entries.values():
+            if not isinstance(entry.engine, RemoteEngine):
+                continue
+            for upstream in entry.engine.pool.upstreams:
+                names, stats = [entry.spec.id, upstream.url], upstream.stats
+                requests.add_metric(names, stats.requests)
+                for kind, count in stats.errors.items():
+                    errors.add_metric([*names, kind], count)
+                cumulative, buckets = 0, []
+                for bound, count in zip(
+                    [*map(str, LATENCY_BUCKETS), "+Inf"], stats.latency_counts, strict=True
+                ):
+                    cumulative += count
+                    buckets.append((bound, float(cumulative)))
+                latency.add_metric(names, buckets, stats.latency_sum)
+                in_flight.add_metric(names, upstream.outstanding)
+                healthy.add_metric(names, 1.0 if upstream.healthy else 0.0)
+                draining.add_metric(names, 1.0 if upstream.draining else 0.0)
+        yield from (requests, errors, latency, in_flight, healthy, draining)
 
 
 class Metrics:
@@ -93,6 +147,7 @@ class Metrics:
             registry=self.registry,
         )
         self.registry.register(_ModelStates(models))
+        self.registry.register(_Upstreams(models))
 
     def record_chat(
         self,

@@ -37,7 +37,7 @@ log = logging.getLogger(__name__)
 _REQUEST_ID = re.compile(
     r"[A-Za-z0-9._:\-]{1,128}"
 )  # a client's x-request-id is echoed only when it looks like one
-_ADMIN = re.compile(r"/v1/models/.+/(load|unload)")
+_ADMIN = re.compile(r"/v1/models/.+/(load|unload|upstreams/drain|upstreams/undrain)")
 _GUARDED = ("/v1/", "/metrics", "/api/", "/infill", "/completion")  # need the API key when one is set
 _JSON_ONLY = ("/v1/", "/infill", "/completion")  # POST bodies must say they are JSON
 

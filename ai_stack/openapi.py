@@ -22,6 +22,7 @@ from starlette.responses import JSONResponse, Response
 
 from ai_stack import __version__
 from ai_stack.audio import FORMATS
+from ai_stack.fleet.proxy import UpstreamRef
 from ai_stack.protocol import (
     ChatCompletion,
     ChatCompletionChunk,
@@ -199,6 +200,14 @@ OPENAPI_ROUTES: tuple[ApiRoute, ...] = (
         "POST", "/v1/models/{model_id}/load", None, ModelCard, "Start loading a model (202)", status=202
     ),
     ApiRoute("POST", "/v1/models/{model_id}/unload", None, ModelCard, "Unload a model"),
+    ApiRoute(
+        "POST",
+        "/v1/models/{model_id}/upstreams/drain",
+        UpstreamRef,
+        ModelCard,
+        "Send a remote model's new requests to its other upstreams (requests in flight run to their end)",
+    ),
+    ApiRoute("POST", "/v1/models/{model_id}/upstreams/undrain", UpstreamRef, ModelCard, "Undo a drain"),
     ApiRoute(
         "POST",
         "/v1/chat/completions",

@@ -116,6 +116,15 @@ def _memory_delta(before: tuple[int, dict[int, int]], after: tuple[int, dict[int
     return max(0, after[0] - before[0])
 
 
+async def _close(engine: Engine) -> None:
+    """Close an engine: on the loop when it has async work there (remote), else in a worker thread."""
+    closer = getattr(engine, "aclose", None)
+    if closer is not None:
+        await closer()
+    else:
+        await asyncio.to_thread(engine.close)
+
+
 def _byte_count(value: object) -> int | None:
     """An engine's reported byte count when it is one (a non-negative int), else None."""
     return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
@@ -320,6 +329,9 @@ class ModelRegistry:
                 engine, device, used = await run_in_daemon_thread(
                     lambda: self._measured_load(entry.spec), name=f"load-{model_id}"
                 )
+                starter = getattr(engine, "start", None)  # an engine with work on the loop (remote)
+                if starter is not None:
+                    await starter()
             except asyncio.CancelledError:
                 entry.state, entry.error = ModelState.UNLOADED, None
                 raise
@@ -396,6 +408,7 @@ class ModelRegistry:
             for e in self.entries.values()
             if e.state == ModelState.READY
             and e.spec.id != but
+            and e.spec.engine != "remote"
             and (device is None or e.memory_device == device_key(device))
         ]
 
@@ -424,7 +437,7 @@ class ModelRegistry:
 
     async def _make_room(self, entry: ModelEntry) -> None:
         """Before a load: unload least recently used idle models until it fits; wait while others are busy."""
-        if not self.budgeted:
+        if not self.budgeted or entry.spec.engine == "remote":  # a remote model takes no local memory
             return
         model_id = entry.spec.id
         device, need = self._estimate(entry.spec)
@@ -517,7 +530,7 @@ class ModelRegistry:
         self._pinned.pop(entry.spec.id, None)
         self._released.set()
         if engine is not None:
-            await asyncio.to_thread(engine.close)
+            await _close(engine)
             log.info("model %s unloaded", entry.spec.id)
         return entry
 
@@ -580,4 +593,4 @@ class ModelRegistry:
             if entry.engine is not None:
                 engine, entry.engine = entry.engine, None
                 entry.state = ModelState.UNLOADED
-                await asyncio.to_thread(engine.close)
+                await _close(engine)

@@ -13,7 +13,9 @@ from starlette.routing import BaseRoute, Route
 
 from ai_stack.config import Config
 from ai_stack.engines.base import ChatEngine
-from ai_stack.errors import InvalidRequest
+from ai_stack.errors import InvalidRequest, ModelUnavailable, NotFound
+from ai_stack.fleet.engine import RemoteEngine
+from ai_stack.fleet.proxy import UpstreamRef, forward, remote_engine
 from ai_stack.json_body import load_json
 from ai_stack.protocol import ChatCompletionRequest, ModelCard, ModelList, SpeechRequest
 from ai_stack.registry import ModelEntry, ModelRegistry, ModelState
@@ -74,15 +76,50 @@ def _registry(request: Request) -> ModelRegistry:
     return registry
 
 
+def card_body(entry: ModelEntry) -> dict[str, Any]:
+    """A model card as JSON; a remote model's lists its upstreams with their health and load."""
+    body = model_card(entry).model_dump()
+    if entry.spec.engine == "remote":
+        engine = entry.engine
+        body["upstreams"] = (
+            engine.describe()
+            if isinstance(engine, RemoteEngine)
+            else [{"url": url, "healthy": None} for url in getattr(entry.options, "upstreams", [])]
+        )
+    return body
+
+
 async def list_models(request: Request) -> Response:
     """GET /v1/models: every configured model with its state."""
-    cards = [model_card(entry) for entry in _registry(request).entries.values()]
-    return JSONResponse(ModelList(data=cards).model_dump())
+    cards = [card_body(entry) for entry in _registry(request).entries.values()]
+    return JSONResponse({**ModelList(data=[]).model_dump(), "data": cards})
 
 
 async def get_model(request: Request) -> Response:
     """GET /v1/models/{id}."""
-    return JSONResponse(model_card(_registry(request).lookup(request.path_params["model_id"])).model_dump())
+    return JSONResponse(card_body(_registry(request).lookup(request.path_params["model_id"])))
+
+
+async def drain_upstream(request: Request) -> Response:
+    """POST /v1/models/{id}/upstreams/drain|undrain {"upstream": URL}: stop or resume new requests to it.
+
+    Requests in flight on a drained upstream (streams included) run to their end.
+    """
+    url = (await parse_body(request, UpstreamRef)).upstream
+    entry = _registry(request).lookup(request.path_params["model_id"])
+    if entry.spec.engine != "remote":
+        raise InvalidRequest(
+            f"The model '{entry.spec.id}' has no upstreams (its engine is not remote)", param="model"
+        )
+    if not isinstance(entry.engine, RemoteEngine):
+        raise ModelUnavailable(
+            f"The model '{entry.spec.id}' is not loaded", param="model", code="model_not_loaded"
+        )
+    upstream = entry.engine.pool.find(url)
+    if upstream is None:
+        raise NotFound(f"The model '{entry.spec.id}' has no upstream {url[:200]!r}", param="upstream")
+    entry.engine.pool.drain(upstream, request.url.path.endswith("/drain"))
+    return JSONResponse(card_body(entry))
 
 
 async def load_model(request: Request) -> Response:
@@ -101,6 +138,12 @@ async def unload_model(request: Request) -> Response:
 async def chat_completions(request: Request) -> Response:
     """POST /v1/chat/completions, full or streamed."""
     body = await parse_body(request, ChatCompletionRequest)
+    remote = await remote_engine(_registry(request), body.model, "chat")
+    if remote is not None:
+        raw = await _json_object(request)
+        return await forward(
+            request, *remote, "chat/completions", raw, weight=body.n, messages=raw["messages"]
+        )
     service: ChatService = request.app.state.chat
     chat = await service.prepare(body)
     if body.stream:
@@ -130,9 +173,16 @@ async def readiness(request: Request) -> Response:
         {"id": e.spec.id, "kind": e.spec.kind, "state": e.state.value, "error": without_paths(e.error)}
         for e in entries
     ]
+    for model, e in zip(models, entries, strict=True):
+        if isinstance(e.engine, RemoteEngine):
+            model["upstreams_healthy"] = sum(bool(u["healthy"]) for u in e.engine.describe())
     if any(e.state == ModelState.LOADING for e in entries):
         status, code = "loading", 503
-    elif all(e.state == ModelState.READY for e in entries if e.spec.autoload):
+    elif all(
+        e.state == ModelState.READY and getattr(e.engine, "available", True)
+        for e in entries
+        if e.spec.autoload
+    ):
         status, code = "ok", 200
     else:
         status, code = "degraded", 200
@@ -154,6 +204,9 @@ def without_paths(text: str | None) -> str | None:
 async def audio_speech(request: Request) -> Response:
     """POST /v1/audio/speech: one continuous audio file streamed as it is made, or SSE deltas."""
     body = await parse_body(request, SpeechRequest)
+    remote = await remote_engine(_registry(request), body.model, "speech")
+    if remote is not None:
+        return await forward(request, *remote, "audio/speech", await _json_object(request), rewrite=False)
     service: SpeechService = request.app.state.speech
     await _registry(request).wait_ready(service.route(body.model, body.voice_id), "speech")
     speech = service.prepare(body)
@@ -222,12 +275,22 @@ async def audio_voices(request: Request) -> Response:
     return JSONResponse({"voices": voices})
 
 
+async def _json_object(request: Request) -> dict[str, Any]:
+    """The request's JSON body as the client sent it (already checked by parse_body), to forward upstream."""
+    config: Config = request.app.state.config
+    data = load_json(await request.body(), config.server.max_json_depth)
+    assert isinstance(data, dict)
+    return data
+
+
 def api_routes() -> list[BaseRoute]:
     """The /v1 routes."""
     return [
         Route("/models", list_models, methods=["GET"]),
         Route("/models/{model_id:path}/load", load_model, methods=["POST"]),
         Route("/models/{model_id:path}/unload", unload_model, methods=["POST"]),
+        Route("/models/{model_id:path}/upstreams/drain", drain_upstream, methods=["POST"]),
+        Route("/models/{model_id:path}/upstreams/undrain", drain_upstream, methods=["POST"]),
         Route("/models/{model_id:path}", get_model, methods=["GET"]),
         Route("/chat/completions", chat_completions, methods=["POST"]),
         Route("/audio/speech", audio_speech, methods=["POST"]),

@@ -12,7 +12,7 @@ import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, cast
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 if TYPE_CHECKING:
     from ai_stack.config import Config, ModelSpec
@@ -68,6 +68,49 @@ class FakeOptions(EngineOptions):
     fail_load: str | None = None
 
 
+class RemoteOptions(EngineOptions):
+    """remote: OpenAI-compatible upstream servers (replicas) that serve this model; see ai_stack/fleet/."""
+
+    upstreams: list[str] = Field(min_length=1, max_length=64)  # base URLs ending in /v1
+    model: str | None = Field(default=None, min_length=1)  # the id on the upstreams; None: the entry's id
+    api_key_env: str | None = Field(default=None, min_length=1)  # environment variable holding their key
+    api_key: str | None = None  # the key itself (less safe: it sits in the config file)
+    max_concurrency: int = Field(default=8, ge=1, le=4096)  # requests in flight per upstream
+    connect_timeout: float = Field(default=5.0, gt=0, le=600)
+    read_timeout: float = Field(default=600.0, gt=0, le=86400)  # seconds between two bytes of an answer
+    health_interval: float = Field(default=5.0, gt=0, le=3600)  # seconds between health checks
+    affinity_entries: int = Field(default=10_000, ge=0, le=1_000_000)  # conversations remembered (LRU)
+
+    @field_validator("upstreams")
+    @classmethod
+    def _urls(cls, urls: list[str]) -> list[str]:
+        from urllib.parse import urlsplit
+
+        cleaned = []
+        for url in urls:
+            parts = urlsplit(url)
+            if parts.scheme not in ("http", "https") or not parts.hostname or parts.query or parts.fragment:
+                raise ValueError(f"{url!r} is not an upstream URL: use http(s)://HOST:PORT/v1")
+            try:
+                parts.port  # noqa: B018 - raises on a port out of range
+            except ValueError:
+                raise ValueError(f"{url!r} has an invalid port") from None
+            cleaned.append(url.rstrip("/"))
+        if len(set(cleaned)) != len(cleaned):
+            raise ValueError("an upstream is listed twice")
+        return cleaned
+
+    @model_validator(mode="after")
+    def _key_is_set(self) -> RemoteOptions:
+        import os
+
+        if self.api_key_env is not None and self.api_key is not None:
+            raise ValueError("set api_key_env or api_key, not both")
+        if self.api_key_env is not None and not os.environ.get(self.api_key_env):
+            raise ValueError(f"api_key_env: the environment variable {self.api_key_env} is not set")
+        return self
+
+
 class SpeechOptions(EngineOptions):
     """Every speech engine: OpenAI voice names mapped to the engine's voices."""
 
@@ -119,6 +162,11 @@ class EngineInfo:
     prepared: bool = False  # its weights come from sources that `ai-stack prepare` assembles and converts
     # speech: "module:function(spec, config, options)" listing the voices from files alone, without loading
     voice_lister: str | None = None
+    also: tuple[ModelKind, ...] = ()  # other kinds it serves (remote: chat or speech)
+
+    def serves(self, kind: str) -> bool:
+        """Whether a model of this kind may use the engine."""
+        return kind == self.kind or kind in self.also
 
 
 ENGINES: dict[str, EngineInfo] = {
@@ -150,12 +198,13 @@ ENGINES: dict[str, EngineInfo] = {
         FakeSpeechOptions,
         voice_lister="ai_stack.engines.fake_speech:list_voices",
     ),
+    "remote": EngineInfo("chat", "ai_stack.fleet.engine:load", RemoteOptions, also=("speech",)),
 }
 
 
 def engine_names(kind: ModelKind) -> list[str]:
     """The engines that serve a kind of model."""
-    return [name for name, info in ENGINES.items() if info.kind == kind]
+    return [name for name, info in ENGINES.items() if info.serves(kind)]
 
 
 def options_problem(engine: str, options: dict[str, Any]) -> str | None:
@@ -168,7 +217,8 @@ def options_problem(engine: str, options: dict[str, Any]) -> str | None:
         if error["type"] == "extra_forbidden":
             known = ", ".join(ENGINES[engine].options.model_fields) or "none"
             return f"unknown option {key!r} for engine {engine!r} (its options: {known})"
-        return f"option {key!r}: {str(error['msg']).removeprefix('Value error, ')}"
+        message = str(error["msg"]).removeprefix("Value error, ")
+        return f"option {key!r}: {message}" if key else f"options: {message}"
     return None
 
 

@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+from ai_stack.config import ModelSpec
 from ai_stack.engines.base import ChatEngine, Prompt, SamplingParams, TokenLogprob
 from ai_stack.errors import ContextLengthExceeded, InvalidRequest, stream_error_body
 from ai_stack.metrics import Metrics
@@ -82,6 +83,18 @@ async def unless_disconnected(
         return task.result()
     finally:
         watcher.cancel()
+
+
+def refuse_remote(spec: ModelSpec) -> None:
+    """A remote model is forwarded by the routes that pass requests through; the others refuse it clearly."""
+    if spec.engine == "remote":
+        raise InvalidRequest(
+            f"The model '{spec.id}' is served by remote upstreams (engine remote): only "
+            "/v1/chat/completions, /v1/completions and /v1/audio/speech forward to them; this API does "
+            "not yet",
+            param="model",
+            code="unsupported_for_remote_model",
+        )
 
 
 def _messages(request: ChatCompletionRequest) -> list[dict[str, Any]]:
@@ -258,6 +271,7 @@ class ChatService:
         """
         await self.registry.wait_ready(request.model, "chat")  # a model that loads on demand (budget)
         entry, engine = self.registry.chat_engine(request.model)
+        refuse_remote(entry.spec)
         if admit:  # refuse an overloaded model's request before rendering its prompt; bind admits it
             self.admission.check(entry.spec.id, entry.spec, engine, request.n)
         template = engine.chat_template
@@ -330,6 +344,7 @@ class ChatService:
         """
         await self.registry.wait_ready(request.model, "chat")  # a model that loads on demand (budget)
         entry, engine = self.registry.chat_engine(request.model)
+        refuse_remote(entry.spec)
         self.admission.check(entry.spec.id, entry.spec, engine, request.n)  # before tokenizing
         grammar = None
         if request.response_format is not None:

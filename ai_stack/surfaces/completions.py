@@ -20,10 +20,12 @@ from starlette.routing import BaseRoute, Route
 
 from ai_stack.engines.base import ChatEngine, TokenLogprob
 from ai_stack.errors import APIError, ContextLengthExceeded, InvalidRequest, llama_body, stream_error_body
+from ai_stack.fleet.proxy import forward, remote_engine
+from ai_stack.json_body import load_json
 from ai_stack.protocol import SamplingRequest
 from ai_stack.registry import ModelRegistry
 from ai_stack.routes import disconnect_waiter, parse_body
-from ai_stack.serving.chat import ChatService, ChoiceText, ClientDisconnected, usage_of
+from ai_stack.serving.chat import ChatService, ChoiceText, ClientDisconnected, refuse_remote, usage_of
 from ai_stack.serving.fim import fim_prompt, stop_at_fim_ends, suffix_stop
 from ai_stack.serving.generation import PreparedChat, RunResult
 
@@ -333,6 +335,10 @@ async def _legacy_stream(
 async def completions(request: Request) -> Response:
     """POST /v1/completions: OpenAI's legacy completions, full or streamed; `suffix` fills in the middle."""
     body = await parse_body(request, CompletionRequest)
+    remote = await remote_engine(request.app.state.registry, body.model, "chat")
+    if remote is not None:  # the upstreams serve it: the client's body goes there as it is
+        raw = load_json(await request.body(), request.app.state.config.server.max_json_depth)
+        return await forward(request, *remote, "completions", raw, weight=body.n)
     service = _service(request)
     chats = await _prepare_legacy(service, body)
     if body.stream:
@@ -358,7 +364,8 @@ def _llama_model(registry: ModelRegistry, body: LlamaCompletionRequest) -> None:
 async def _prepare_infill(service: ChatService, body: InfillRequest) -> PreparedChat:
     """The FIM prompt with as much of input_extra as fits the context (oldest chunks dropped first)."""
     await service.registry.wait_ready(body.model, "chat")
-    _, engine = service.registry.chat_engine(body.model)
+    entry, engine = service.registry.chat_engine(body.model)
+    refuse_remote(entry.spec)
     extra = [(chunk.filename, chunk.text) for chunk in body.input_extra]
     stops = _with_suffix_stop(body.stop, body.input_suffix)
     while True:
