@@ -110,6 +110,7 @@ async def _stream(
         "total_s": result["total_s"],
         "prompt_tokens": result["prompt_tokens"],
         "cached_tokens": result["cached_tokens"],
+        "text": result["text"],
     }
 
 
@@ -138,21 +139,25 @@ class RawLlama:
             verbose=False,
         )
 
-    def ttft(self, messages: list[dict[str, Any]], **kwargs: Any) -> dict[str, Any]:
-        """Time to the first token: a 1-token greedy completion of the rendered prompt."""
+    def ttft(self, messages: list[dict[str, Any]], max_tokens: int = 1, **kwargs: Any) -> dict[str, Any]:
+        """Time to the first token of a greedy completion of the rendered prompt (and its text)."""
         text = self.tokenizer.apply_chat_template(
             messages, add_generation_prompt=True, tokenize=False, **kwargs
         )
         ids = list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
         started = time.perf_counter()
         first = None
-        for _chunk in self.llm.create_completion(ids, max_tokens=1, temperature=0.0, stream=True):
+        pieces = []
+        stream = self.llm.create_completion(ids, max_tokens=max_tokens, temperature=0.0, stream=True)
+        for chunk in stream:
             if first is None:
                 first = time.perf_counter() - started
+            pieces.append(chunk["choices"][0]["text"])  # type: ignore[index]
         return {
             "ttft_s": first if first is not None else time.perf_counter() - started,
             "total_s": time.perf_counter() - started,
             "prompt_tokens": len(ids),
+            "text": "".join(pieces),
         }
 
 
@@ -225,6 +230,38 @@ def _openwebui(run: Run, servers: dict[str, ServerProcess], raw: RawLlama) -> di
     return {"steps": out, "turn2_ttft_s": {arm: out[arm]["turn 2"]["ttft_s"] for arm in out}}
 
 
+ANSWER_TOKENS = 48
+
+
+def _openwebui_answered(run: Run, servers: dict[str, ServerProcess], raw: RawLlama) -> dict[str, Any]:
+    """The Open WebUI pattern as it happens: turn 2 carries the model's own answer to turn 1 (which the engine
+    keeps with the prompt), not a scripted one, so only the new user message is new."""
+    tools = openwebui_tools(36)
+    system = {"role": "system", "content": "You are a helpful assistant with tools."}
+    turn1 = [system, {"role": "user", "content": "What can you do for me today? Answer in two sentences."}]
+    out: dict[str, dict[str, Any]] = {}
+    for arm in (ON, RAW):
+        if arm == RAW:
+            first = raw.ttft(turn1, max_tokens=ANSWER_TOKENS, tools=tools)
+        else:
+            first = _one(servers[arm].url, turn1, max_tokens=ANSWER_TOKENS, tools=tools)
+        answer = first["text"] or _answer(1)  # a tool call instead of text: the scripted answer
+        history = [*turn1, {"role": "assistant", "content": answer}]
+        turn2 = [*history, {"role": "user", "content": "Then summarise my river records."}]
+        if arm == RAW:
+            title = raw.ttft(title_messages(history))
+            second = raw.ttft(turn2, tools=tools)
+        else:
+            title = _one(servers[arm].url, title_messages(history))
+            second = _one(servers[arm].url, turn2, tools=tools)
+        out[arm] = {"turn 1": first, "title": title, "turn 2": second, "own_answer": bool(first["text"])}
+        run.log(
+            f"prefix cache: open webui (own answer) {arm}: turn 2 {second['ttft_s']:.2f} s "
+            f"({second['prompt_tokens']} tok, cached {second.get('cached_tokens')})"
+        )
+    return {"steps": out, "turn2_ttft_s": {arm: out[arm]["turn 2"]["ttft_s"] for arm in out}}
+
+
 def _shared_system(run: Run, servers: dict[str, ServerProcess]) -> dict[str, Any]:
     system = {"role": "system", "content": "You are the support assistant of a shop. " + _answer(3)}
     out: dict[str, Any] = {}
@@ -280,7 +317,8 @@ def run_prefix_cache(run: Run) -> dict[str, Any]:
         return {"skipped": missing}
     tmp = Path(tempfile.mkdtemp(prefix="ai-stack-bench-prefix-"))
     # BENCH_PREFIX_PARTS=openwebui,memory reruns some parts; the others are kept from the results file.
-    parts = os.environ.get("BENCH_PREFIX_PARTS", "conversation,openwebui,shared_system,memory").split(",")
+    default_parts = "conversation,openwebui,openwebui_answered,shared_system,memory"
+    parts = os.environ.get("BENCH_PREFIX_PARTS", default_parts).split(",")
     previous = run.out / f"{run.stem}.json"
     kept = (
         json.loads(previous.read_text()).get("sections", {}).get("prefix_cache", {})
@@ -294,6 +332,7 @@ def run_prefix_cache(run: Run) -> dict[str, Any]:
     steps: dict[str, Any] = {
         "conversation": lambda: _conversation(run, servers, raw),
         "openwebui": lambda: _openwebui(run, servers, raw),
+        "openwebui_answered": lambda: _openwebui_answered(run, servers, raw),
         "shared_system": lambda: _shared_system(run, servers),
         "memory": lambda: _memory(run, servers[ON], requests),
     }
@@ -340,6 +379,21 @@ def report_lines(section: dict[str, Any]) -> list[str]:
                 f"| {arm} | {steps['turn 1']['ttft_s']:.2f} ({steps['turn 1']['prompt_tokens']} tok) | "
                 f"{steps['title']['ttft_s']:.2f} | {steps['turn 2']['ttft_s']:.2f} | "
                 f"{steps['turn 2'].get('cached_tokens', '-')} |"
+            )
+        lines.append("")
+    answered = section.get("openwebui_answered", {})
+    if "steps" in answered:
+        lines += [
+            "Open WebUI pattern, the model's own answer to turn 1 (48 tokens) in turn 2's history, time to "
+            "first token (s):",
+            "",
+        ]
+        lines += ["| arm | turn 1 | title | turn 2 | turn 2 cached tokens |", "|---|---|---|---|---|"]
+        for arm, steps in answered["steps"].items():
+            lines.append(
+                f"| {arm} | {steps['turn 1']['ttft_s']:.2f} ({steps['turn 1']['prompt_tokens']} tok) | "
+                f"{steps['title']['ttft_s']:.2f} | {steps['turn 2']['ttft_s']:.2f} "
+                f"({steps['turn 2']['prompt_tokens']} tok) | {steps['turn 2'].get('cached_tokens', '-')} |"
             )
         lines.append("")
     shared = section.get("shared_system", {})

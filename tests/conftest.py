@@ -11,6 +11,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -201,6 +202,36 @@ def live_server(tmp_path: Path) -> Iterator[Callable[..., LiveServer]]:
 DEFAULT_CHAT_MODEL = "qwen2.5-coder-0.5b-instruct"
 
 
+@contextmanager
+def served(config: Path, timeout: float = 900.0) -> Iterator[str]:
+    """A real `ai-stack serve` of a config file (its log beside it, serve.log) until every model is ready."""
+    port = free_port()
+    log_path = config.parent / "serve.log"
+    with log_path.open("w") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "ai_stack", "serve", "--config", str(config), "--port", str(port)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        url = f"http://127.0.0.1:{port}"
+        try:
+            deadline = time.monotonic() + timeout  # a first start converts the GGUF (about a minute here)
+            while time.monotonic() < deadline:
+                assert proc.poll() is None, log_path.read_text()
+                try:
+                    if httpx.get(f"{url}/health/ready", timeout=2).status_code == 200:
+                        break
+                except httpx.TransportError:
+                    pass
+                time.sleep(0.5)
+            models = httpx.get(f"{url}/v1/models").json()["data"]
+            assert all(m["state"] == "ready" for m in models), models
+            yield url
+        finally:
+            proc.terminate()
+            proc.wait(30)
+
+
 @pytest.fixture(scope="session")
 def default_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """One `ai-stack serve` for the session: the default chat model (alias default) and Piper (alias tts-1).
@@ -216,28 +247,5 @@ def default_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         '[[models]]\nid = "piper-joe"\naliases = ["tts-1"]\nkind = "speech"\nengine = "piper"\n'
         'source = "embedded:en_US-joe-medium"\n'
     )
-    port = free_port()
-    log = (config.parent / "serve.log").open("w")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "ai_stack", "serve", "--config", str(config), "--port", str(port)],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 900  # a first start converts the GGUF (about a minute here)
-        while time.monotonic() < deadline:
-            assert proc.poll() is None, (config.parent / "serve.log").read_text()
-            try:
-                if httpx.get(f"{url}/health/ready", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            time.sleep(0.5)
-        models = httpx.get(f"{url}/v1/models").json()["data"]
-        assert all(m["state"] == "ready" for m in models), models
+    with served(config) as url:
         yield url
-    finally:
-        proc.terminate()
-        proc.wait(30)
-        log.close()

@@ -6,19 +6,15 @@ The same checks as tests/test_default_model.py for the answer, a tool round trip
 
 from __future__ import annotations
 
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import openai
 import pytest
 
 from ai_stack.config import default_config_path, load_config
 from ai_stack.engines.torch_device import bitsandbytes_problem
-from tests.conftest import DEFAULT_CHAT_MODEL, free_port
+from tests.conftest import DEFAULT_CHAT_MODEL, served
 from tests.test_default_model import (  # noqa: F401  (collected here, against the NF4 server)
     test_capital_of_france,
     test_json_schema_answer_validates,
@@ -42,31 +38,8 @@ def nf4_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, 
         f'[server]\nhome = "{default.server.home}"\n\n[[models]]\nid = "{spec.id}"\naliases = ["default"]\n'
         f'engine = "transformers"\nsource = "{spec.source}"\ndevice = "cpu"\nquantization = "nf4"\n'
     )
-    log_path = folder / "serve.log"
-    port = free_port()
-    with log_path.open("w") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "ai_stack", "serve", "--config", str(config), "--port", str(port)],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-        url = f"http://127.0.0.1:{port}"
-        try:
-            deadline = time.monotonic() + 900
-            while time.monotonic() < deadline:
-                assert proc.poll() is None, log_path.read_text()
-                try:
-                    if httpx.get(f"{url}/health/ready", timeout=2).status_code == 200:
-                        break
-                except httpx.TransportError:
-                    pass
-                time.sleep(0.5)
-            models = httpx.get(f"{url}/v1/models").json()["data"]
-            assert all(m["state"] == "ready" for m in models), models
-            yield url, log_path
-        finally:
-            proc.terminate()
-            proc.wait(30)
+    with served(config) as url:
+        yield url, folder / "serve.log"
 
 
 @pytest.fixture(scope="module")
