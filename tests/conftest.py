@@ -203,8 +203,8 @@ DEFAULT_CHAT_MODEL = "qwen2.5-coder-0.5b-instruct"
 
 
 @contextmanager
-def served(config: Path, timeout: float = 900.0) -> Iterator[str]:
-    """A real `ai-stack serve` of a config file (its log beside it, serve.log) until every model is ready."""
+def served(config: Path, timeout: float = 900.0, all_ready: bool = True) -> Iterator[str]:
+    """A real `ai-stack serve` of a config (log: serve.log next to it) once ready; all_ready: all models."""
     port = free_port()
     log_path = config.parent / "serve.log"
     with log_path.open("w") as log:
@@ -223,9 +223,12 @@ def served(config: Path, timeout: float = 900.0) -> Iterator[str]:
                         break
                 except httpx.TransportError:
                     pass
-                time.sleep(0.5)
-            models = httpx.get(f"{url}/v1/models").json()["data"]
-            assert all(m["state"] == "ready" for m in models), models
+                time.sleep(0.2)
+            else:
+                pytest.fail(f"the server did not become ready:\n{log_path.read_text()}")
+            if all_ready:
+                models = httpx.get(f"{url}/v1/models").json()["data"]
+                assert all(m["state"] == "ready" for m in models), models
             yield url
         finally:
             proc.terminate()

@@ -2,269 +2,34 @@
 
 from __future__ import annotations
 
-import json
 import re
-import subprocess
-import sys
-import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
-from playwright.sync_api import Browser, ConsoleMessage, Page, Playwright, Request, expect, sync_playwright
+from playwright.sync_api import Browser, expect
 
-from tests.conftest import free_port
-
-CHROMIUM = Path("/usr/bin/chromium")
-ARTIFACTS = Path(__file__).parent / "artifacts"
-API_KEY = "ui-test-key"
-WAIT_MS = 20_000
-
-MARKDOWN_REPLY = (
-    "Here is **bold** text and a list:\n\n- one\n- two\n\n```python\nprint('hello')\n```\n\nThat is all."
-)
-SLOW_REPLY = (
-    "The quick brown fox jumps over the lazy dog. It was a sunny day and the fox was happy. "
-    "Everyone watched as it ran across the field, and then it rested in the shade."
-)
-LONG_REPLY = " ".join(f"word{i}" for i in range(400))
-STORY_REPLY = " ".join(
-    f"Sentence number {i} of a story that the voice reads aloud, one part after another." for i in range(8)
-)
-EVIL_REPLY = """Hello <script>window.__pwned = 1</script> there.
-
-<img src=x onerror="window.__pwned = 2">
-
-[a link](javascript:window.__pwned=3) and <a href="javascript:window.__pwned=4">a raw link</a>
-
-<iframe src="javascript:window.__pwned=5"></iframe><svg><script>window.__pwned=6</script></svg>
-
-<div onmouseover="window.__pwned=7" class="evil" style="position:fixed;inset:0">hover me</div>
-
-<form action="javascript:window.__pwned=8"><button>press</button></form>
-
-**still bold**"""
-
-
-def _toml_string(text: str) -> str:
-    return json.dumps(text)  # a JSON string is a valid TOML basic string
-
-
-THINKING_REPLY = (
-    '<think>\nThe user <img src=x onerror="window.__pwned=1"> wants a greeting.\n</think>\n\nHello **there**.'
+from tests import ui_helpers
+from tests.ui_helpers import (
+    API_KEY,
+    ARTIFACTS,
+    LONG_REPLY,
+    MARKDOWN_REPLY,
+    SLOW_REPLY,
+    STORY_REPLY,
+    WAIT_MS,
+    ChatPage,
+    _chat_page,
+    _until,
+    json_body,
 )
 
-CONFIG = f"""
-[server]
-api_key = "{API_KEY}"
-
-[[models]]
-id = "fast"
-engine = "fake"
-source = "fake:"
-options = {{ reply = {_toml_string(MARKDOWN_REPLY)} }}
-
-[[models]]
-id = "echo"
-engine = "fake"
-source = "fake:"
-
-[[models]]
-id = "slow"
-engine = "fake"
-source = "fake:"
-options = {{ reply = {_toml_string(SLOW_REPLY)}, token_delay = 0.06 }}
-
-[[models]]
-id = "endless"
-engine = "fake"
-source = "fake:"
-options = {{ reply = {_toml_string(LONG_REPLY)}, token_delay = 0.05 }}
-
-[[models]]
-id = "story"
-engine = "fake"
-source = "fake:"
-options = {{ reply = {_toml_string(STORY_REPLY)} }}
-
-[[models]]
-id = "evil"
-engine = "fake"
-source = "fake:"
-options = {{ reply = {_toml_string(EVIL_REPLY)} }}
-
-[[models]]
-id = "thinker"
-engine = "fake"
-source = "fake:"
-options = {{ reply = {_toml_string(THINKING_REPLY)}, chat_template = "<think> (a thinking template)" }}
-
-[[models]]
-id = "broken"
-engine = "fake"
-source = "fake:"
-options = {{ fail_load = "the weights are missing (test)" }}
-
-[[models]]
-id = "lazy"
-engine = "fake"
-source = "fake:"
-autoload = false
-options = {{ reply = "Loaded and answering.", load_delay = 1.5 }}
-
-[[models]]
-id = "piper-joe"
-kind = "speech"
-engine = "piper"
-source = "embedded:en_US-joe-medium"
-"""
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """`ai-stack serve` on a free port with fake chat models, an API key and the embedded Piper voice."""
-    folder = tmp_path_factory.mktemp("ui")
-    config = folder / "ui.toml"
-    config.write_text(CONFIG.replace("[server]\n", f'[server]\nhome = "{folder / "home"}"\n'))
-    port = free_port()
-    log_path = folder / "serve.log"
-    with log_path.open("w") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "ai_stack", "serve", "--config", str(config), "--port", str(port)],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-        url = f"http://127.0.0.1:{port}"
-        try:
-            deadline = time.monotonic() + 120
-            while time.monotonic() < deadline:
-                assert proc.poll() is None, log_path.read_text()
-                try:
-                    if httpx.get(f"{url}/health/ready", timeout=2).status_code == 200:
-                        break
-                except httpx.TransportError:
-                    pass
-                time.sleep(0.2)
-            else:
-                pytest.fail(f"the server did not become ready:\n{log_path.read_text()}")
-            yield url
-        finally:
-            proc.terminate()
-            proc.wait(30)
-
-
-@pytest.fixture(scope="module")
-def playwright() -> Iterator[Playwright]:
-    if not CHROMIUM.exists():
-        pytest.skip(
-            "the browser tests need Debian's chromium at /usr/bin/chromium (apt-get install chromium)"
-        )
-    with sync_playwright() as p:
-        yield p
-
-
-@pytest.fixture(scope="module")
-def browser(playwright: Playwright) -> Iterator[Browser]:
-    browser = playwright.chromium.launch(
-        executable_path=str(CHROMIUM),
-        args=[
-            "--no-sandbox",
-            "--disable-dev-shm-usage",
-            "--disable-gpu",
-            "--autoplay-policy=no-user-gesture-required",
-            "--mute-audio",
-        ],
-        headless=True,
-    )
-    yield browser
-    browser.close()
-
-
-@dataclass
-class ChatPage:
-    """One browser tab on the chat page, with what its console said and which API requests it sent."""
-
-    page: Page
-    url: str
-    console: list[str] = field(default_factory=list)
-    requests: list[Request] = field(default_factory=list)
-
-    def open(self) -> None:
-        self.page.goto(self.url)
-        expect(self.page.locator("html")).to_have_attribute("data-ready", "true")
-
-    def wait_models(self) -> None:
-        expect(self.page.locator("#model option")).not_to_have_count(0)
-        expect(self.page.locator("#model")).to_be_enabled()
-
-    def send(self, text: str, model: str | None = None) -> None:
-        if model is not None:
-            self.page.select_option("#model", model)
-        self.page.fill("#prompt", text)
-        self.page.press("#prompt", "Enter")
-
-    def answers(self) -> Any:
-        return self.page.locator(".message-assistant")
-
-    def wait_answer_done(self, index: int = -1) -> Any:
-        answer = self.answers().nth(index) if index >= 0 else self.answers().last
-        expect(answer).not_to_have_class(re.compile(r"\bpending\b"), timeout=WAIT_MS)
-        expect(self.page.locator("#send")).to_be_visible()
-        return answer
-
-    def chat_bodies(self) -> list[dict[str, Any]]:
-        return [r.post_data_json for r in self.requests if r.url.endswith("/v1/chat/completions")]
-
-    def assert_console_clean(self, allowed: str | None = None) -> None:
-        unexpected = [m for m in self.console if not (allowed and re.search(allowed, m))]
-        assert unexpected == []
-
-
-@pytest.fixture
-def chat_page(browser: Browser, server: str) -> Iterator[ChatPage]:
-    """A fresh browser context (empty localStorage) holding the right API key, on a desktop viewport."""
-    yield from _chat_page(browser, server, {"width": 1280, "height": 800}, API_KEY)
-
-
-def _chat_page(
-    browser: Browser,
-    server: str,
-    viewport: dict[str, int],
-    api_key: str,
-    init: str = "",
-    color_scheme: str = "light",
-) -> Iterator[ChatPage]:
-    context = browser.new_context(viewport=viewport, color_scheme=color_scheme)  # type: ignore[arg-type]
-    context.grant_permissions(["clipboard-read", "clipboard-write"], origin=server)
-    key, settings = "'ai-stack.settings.v1'", json.dumps({"apiKey": api_key})
-    context.add_init_script(
-        f"if (!localStorage.getItem({key})) localStorage.setItem({key}, {settings!r});" + init
-    )
-    page = context.new_page()
-    ui = ChatPage(page, server + "/")
-    page.on("console", lambda m: _on_console(ui, m))
-    page.on("pageerror", lambda e: ui.console.append(f"pageerror: {e}"))
-    page.on("request", lambda r: ui.requests.append(r) if "/v1/" in r.url else None)
-    ui.open()
-    yield ui
-    context.close()
-
-
-def _until(page: Page, condition: Callable[[], bool], timeout_ms: int = WAIT_MS) -> None:
-    """Wait until condition() holds, letting Playwright deliver the page's events meanwhile."""
-    waited = 0
-    while not condition():
-        assert waited < timeout_ms, "condition not met in time"
-        page.wait_for_timeout(50)
-        waited += 50
-
-
-def _on_console(ui: ChatPage, message: ConsoleMessage) -> None:
-    if message.type in ("error", "warning"):
-        ui.console.append(f"{message.type}: {message.text}")
+# The fixtures this module uses, shared with the other browser test modules.
+server, playwright, browser, chat_page = (
+    ui_helpers.server,
+    ui_helpers.playwright,
+    ui_helpers.browser,
+    ui_helpers.chat_page,
+)
 
 
 # ---------------------------------------------------------------------------- the page itself
@@ -474,23 +239,23 @@ def test_reload_keeps_conversations_and_new_chat_starts_another(chat_page: ChatP
     expect(page.locator("html")).to_have_attribute("data-ready", "true")
     expect(page.locator(".message-user .message-body")).to_have_text("remember me")
     expect(chat_page.answers().locator(".message-body")).to_have_text("You said: remember me")
-    expect(page.locator(".chat-open")).to_have_text(["remember me"])
+    expect(page.locator(".chat-title")).to_have_text(["remember me"])
 
     page.click("#new-chat")
     expect(page.locator(".message")).to_have_count(0)
     expect(page.locator("#empty")).to_be_visible()
     chat_page.send("another topic", model="echo")
     chat_page.wait_answer_done()
-    expect(page.locator(".chat-open")).to_have_text(["another topic", "remember me"])
+    expect(page.locator(".chat-title")).to_have_text(["another topic", "remember me"])
     assert chat_page.chat_bodies()[-1]["messages"] == [{"role": "user", "content": "another topic"}]
 
-    page.get_by_role("button", name="remember me", exact=True).click()
+    page.locator(".chat-open").filter(has_text="remember me").click()
     expect(page.locator(".message-user .message-body")).to_have_text("remember me")
-    expect(page.locator(".chat-open[aria-current=true]")).to_have_text("remember me")
+    expect(page.locator(".chat-open[aria-current=true] .chat-title")).to_have_text("remember me")
     page.get_by_role("button", name="Delete chat “another topic”").click()
-    expect(page.locator(".chat-open")).to_have_text(["remember me"])
+    expect(page.locator(".chat-title")).to_have_text(["remember me"])
     page.reload()
-    expect(page.locator(".chat-open")).to_have_text(["remember me"])
+    expect(page.locator(".chat-title")).to_have_text(["remember me"])
     chat_page.assert_console_clean()
 
 
@@ -499,7 +264,7 @@ def test_settings_are_sent_with_each_request(chat_page: ChatPage) -> None:
     chat_page.wait_models()
     page.get_by_role("button", name="Settings").click()
     expect(page.locator("#settings")).to_be_visible()
-    page.get_by_label("System prompt").fill("Answer like a pirate.")
+    page.get_by_label("System prompt", exact=True).fill("Answer like a pirate.")
     page.get_by_label("Temperature").fill("0.3")
     page.get_by_label("Max tokens").fill("64")
     page.get_by_role("button", name="Save").click()
@@ -511,7 +276,7 @@ def test_settings_are_sent_with_each_request(chat_page: ChatPage) -> None:
     assert sent["temperature"] == 0.3 and sent["max_tokens"] == 64
     page.reload()
     page.get_by_role("button", name="Settings").click()
-    expect(page.get_by_label("System prompt")).to_have_value("Answer like a pirate.")
+    expect(page.get_by_label("System prompt", exact=True)).to_have_value("Answer like a pirate.")
     page.keyboard.press("Escape")
     expect(page.locator("#settings")).to_be_hidden()
     chat_page.assert_console_clean()
@@ -587,12 +352,12 @@ def test_a_wrong_api_key_is_reported_and_fixed_in_settings(browser: Browser, ser
 
 
 AUDIO_PLAYING = """() => {
-    const a = document.querySelector('.message-assistant audio');
-    return a && !a.hidden && !a.error && a.readyState >= 2 && a.currentTime > 0
+    const a = document.querySelector('#player-audio');
+    return a && a.checkVisibility() && !a.error && a.readyState >= 2 && a.currentTime > 0
         && a.src.startsWith('blob:');
 }"""
 AUDIO_COMPLETE = """() => {
-    const a = document.querySelector('.message-assistant audio');
+    const a = document.querySelector('#player-audio');
     return a && Number.isFinite(a.duration) && a.duration > 0.5;
 }"""
 
@@ -608,24 +373,26 @@ def test_read_aloud_streams_audio_that_plays_before_synthesis_ends(chat_page: Ch
     page.on("requestfinished", lambda r: events.append("speech done") if "/audio/speech" in r.url else None)
     page.expose_function("noteAudio", lambda name: events.append(name))
     page.evaluate(
-        "() => document.querySelector('.message-assistant audio')"
+        "() => document.querySelector('#player-audio')"
         ".addEventListener('playing', () => window.noteAudio('playing'), {once: true})"
     )
     answer.get_by_role("button", name="Read aloud").click()
     expect(answer.get_by_role("button", name="Stop reading")).to_be_visible()
     page.wait_for_function(AUDIO_PLAYING, timeout=WAIT_MS)
     page.wait_for_function(AUDIO_COMPLETE, timeout=3 * WAIT_MS)  # a busy machine synthesizes slowly
-    _until(page, lambda: "speech done" in events)
-    assert "playing" in events and "speech done" in events
-    # MediaSource played the first sentences while the server was still synthesizing the rest.
-    assert events.index("playing") < events.index("speech done")
-    [speech] = [r for r in chat_page.requests if r.url.endswith("/v1/audio/speech")]
-    body = speech.post_data_json
-    assert body["model"] == "piper-joe" and body["voice"] == "en_US-joe-medium"
-    assert body["response_format"] == "mp3" and body["input"].startswith("Sentence number 0")
+    _until(page, lambda: events.count("speech done") == 2)
+    # MediaSource played the first sentence while the server was still synthesizing the rest.
+    assert events.index("playing") < events.index("speech done", events.index("speech done") + 1)
+    first, rest = [json_body(r) for r in chat_page.requests if r.url.endswith("/v1/audio/speech")]
+    assert first["model"] == "piper-joe" and first["voice"] == "en_US-joe-medium"
+    assert first["response_format"] == "mp3"
+    # The first request holds one sentence so that the voice starts soon; the second the rest.
+    sentences = STORY_REPLY.replace(". ", ".\n").split("\n")
+    assert first["input"] == sentences[0] and rest["input"] == " ".join(sentences[1:])
     answer.get_by_role("button", name="Stop reading").click()
     expect(answer.get_by_role("button", name="Read aloud")).to_be_visible()
-    assert page.evaluate("() => document.querySelector('.message-assistant audio').paused")
+    expect(page.locator("#player")).to_be_hidden()
+    assert page.evaluate("() => document.querySelector('#player-audio').paused")
     chat_page.assert_console_clean()
 
 
@@ -640,7 +407,7 @@ def test_read_aloud_without_media_source_plays_a_blob(browser: Browser, server: 
         page.wait_for_function(AUDIO_PLAYING, timeout=WAIT_MS)
         page.wait_for_function(AUDIO_COMPLETE, timeout=WAIT_MS)
         assert page.evaluate("() => window.MediaSource") is None
-        assert page.evaluate("() => document.querySelector('audio').play().then(() => true)")
+        assert page.evaluate("() => document.querySelector('#player-audio').play().then(() => true)")
         chat_page.assert_console_clean()
 
 
@@ -651,12 +418,17 @@ def test_auto_read_speaks_each_new_answer_without_code(chat_page: ChatPage) -> N
     chat_page.send("markdown please", model="fast")
     chat_page.wait_answer_done()
     page.wait_for_function(AUDIO_PLAYING, timeout=WAIT_MS)
-    [speech] = [r for r in chat_page.requests if r.url.endswith("/v1/audio/speech")]
-    spoken = speech.post_data_json["input"]
-    assert spoken.startswith("Here is bold text") and "print(" not in spoken  # code is not read out
+    _until(page, lambda: "That is all." in " ".join(_spoken(chat_page)))
+    spoken = " ".join(_spoken(chat_page))
+    # Blocks end with a pause (a full stop), the code is announced, not read out.
+    assert spoken == "Here is bold text and a list: one. two. A python code block, not read. That is all."
     page.reload()
     expect(page.get_by_label("Auto-read")).to_be_checked()
     chat_page.assert_console_clean()
+
+
+def _spoken(chat_page: ChatPage) -> list[str]:
+    return [json_body(r)["input"] for r in chat_page.requests if r.url.endswith("/v1/audio/speech")]
 
 
 # ---------------------------------------------------------------------------- layout and access
@@ -705,7 +477,7 @@ def test_screenshots_and_layout_at_desktop_and_phone_width(
         page = chat_page.page
         chat_page.wait_models()
         page.screenshot(path=str(ARTIFACTS / f"ui-{name}-empty.png"))
-        chat_page.send("Show me some Markdown with code", model="fast")
+        chat_page.send("Show me formulas and code", model="rich")
         chat_page.wait_answer_done()
         chat_page.send("And a slower answer, please", model="slow")
         chat_page.wait_answer_done()

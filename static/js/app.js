@@ -1,50 +1,31 @@
 // The chat page: conversations, the model and voice pickers, streaming answers, read-aloud, settings.
 
 import { APIError, createApi } from "./api.js";
-import { speakableText } from "./markdown.js";
+import { chatListItems } from "./chatlist.js";
+import { renderMarkdown, speakableBlocks } from "./markdown.js";
 import { formatStats, messageElement, updateMessage } from "./messages.js";
-import { speak } from "./speech.js";
+import { ReadAloud } from "./speech.js";
 import * as store from "./store.js";
+import { newVersion, showVersion, snapshot } from "./versions.js";
 
 const $ = (id) => document.getElementById(id);
-const ui = {
-  app: $("app"),
-  sidebar: $("sidebar"),
-  backdrop: $("backdrop"),
-  toggleSidebar: $("toggle-sidebar"),
-  newChat: $("new-chat"),
-  chatList: $("chat-list"),
-  model: $("model"),
-  modelState: $("model-state"),
-  voicePicker: $("voice-picker"),
-  voice: $("voice"),
-  autoReadField: $("auto-read-field"),
-  autoRead: $("auto-read"),
-  openSettings: $("open-settings"),
-  banner: $("banner"),
-  bannerText: $("banner-text"),
-  bannerSettings: $("banner-settings"),
-  bannerClose: $("banner-close"),
-  messages: $("messages"),
-  thread: $("thread"),
-  empty: $("empty"),
-  composer: $("composer"),
-  prompt: $("prompt"),
-  send: $("send"),
-  stop: $("stop"),
-  status: $("status"),
-  settings: $("settings"),
-  settingsForm: $("settings-form"),
-  systemPrompt: $("system-prompt"),
-  temperature: $("temperature"),
-  maxTokens: $("max-tokens"),
-  apiKey: $("api-key"),
-  settingsCancel: $("settings-cancel"),
-  clearChats: $("clear-chats"),
-};
+const ui = Object.fromEntries(
+  [
+    "app", "sidebar", "backdrop", "toggle-sidebar", "new-chat", "chat-list", "chat-search", "undo", "undo-text",
+    "undo-button", "model", "model-state", "voice-picker", "voice", "auto-read-field", "auto-read",
+    "open-settings", "banner", "banner-text", "banner-settings", "banner-close", "messages", "thread", "empty",
+    "composer", "prompt", "send", "stop", "status", "announcer", "player", "player-state", "player-audio",
+    "speech-rate", "player-stop", "settings", "settings-form", "system-prompt", "chat-settings",
+    "chat-system-prompt", "temperature", "max-tokens", "api-key", "enter-sends", "settings-cancel",
+    "clear-chats", "export-json", "export-markdown", "import-chats",
+  ].map((id) => [id.replace(/-(\w)/g, (_, c) => c.toUpperCase()), $(id)]),
+);
 
 const STATE_LABELS = { ready: "ready", loading: "loading…", failed: "failed", unloaded: "not loaded" };
 const POLL_MS = 1500;
+const UNDO_MS = 10_000;
+const SAVE_EVERY_MS = 1000;
+const ORPHAN_MS = 5000; // a pending answer another tab has not saved for this long has stopped
 
 const state = {
   settings: store.loadSettings(),
@@ -52,12 +33,14 @@ const state = {
   currentId: store.loadCurrentId(),
   chatModels: [],
   voices: [],
-  generation: null, // {controller} while an answer streams
-  reading: null, // {controller, audio, button} while an answer is read aloud
+  modelsError: null, // why the models could not be listed (a wrong API key, an unreachable server)
+  generations: new Map(), // chat id → {controller, reply} while an answer streams
   pollTimer: null,
+  undo: null, // {chat, timer} after a delete
 };
 
 const api = createApi(() => state.settings.apiKey);
+const reader = new ReadAloud(api, ui.playerAudio, showReading);
 
 // ---------------------------------------------------------------- conversations
 
@@ -65,90 +48,137 @@ function currentChat() {
   return state.chats.find((c) => c.id === state.currentId) ?? null;
 }
 
-function persist() {
-  const kept = store.saveChats(state.chats);
-  if (kept < state.chats.length) {
-    const ids = new Set(store.loadChats().map((c) => c.id));
-    state.chats = state.chats.filter((c) => ids.has(c.id) || c.id === state.currentId);
+function persist(chat) {
+  const dropped = store.saveChat(chat, state.chats);
+  if (dropped.length) {
+    state.chats = state.chats.filter((c) => !dropped.includes(c.id));
     showBanner("Browser storage is full: the oldest chats were removed.");
   }
   store.saveCurrentId(state.currentId);
 }
 
-function selectChat(id) {
-  if (state.generation) return;
-  stopReading();
+function showChat(id, { keepSidebar = false } = {}) {
+  store.saveDraft(state.currentId, ui.prompt.value);
   state.currentId = id;
   store.saveCurrentId(id);
+  const chat = currentChat();
+  if (chat?.model && state.chatModels.some((m) => m.id === chat.model)) {
+    ui.model.value = chat.model;
+    showModelState();
+  }
+  ui.prompt.value = store.loadDraft(id);
+  resizePrompt();
   renderChatList();
   renderThread();
-  closeSidebar();
-  ui.prompt.focus();
-}
-
-function startNewChat() {
-  if (state.generation) return;
-  stopReading();
-  state.currentId = null;
-  store.saveCurrentId(null);
-  renderChatList();
-  renderThread();
+  showComposer();
+  if (keepSidebar) return;
   closeSidebar();
   ui.prompt.focus();
 }
 
 function deleteChat(id) {
-  if (state.generation && id === state.currentId) return;
+  const chat = state.chats.find((c) => c.id === id);
+  if (!chat) return;
+  state.generations.get(id)?.controller.abort();
+  if (reader.messageId && chat.messages.some((m) => m.id === reader.messageId)) reader.stop();
   state.chats = state.chats.filter((c) => c.id !== id);
-  if (state.currentId === id) {
-    stopReading();
-    state.currentId = null;
-    renderThread();
-  }
-  persist();
-  renderChatList();
+  store.deleteChat(id);
+  // The sidebar stays open (on a phone it is a drawer): Undo is in it.
+  if (state.currentId === id) showChat(null, { keepSidebar: true });
+  else renderChatList();
+  clearTimeout(state.undo?.timer);
+  state.undo = { chat, timer: setTimeout(hideUndo, UNDO_MS) };
+  ui.undoText.textContent = `Deleted “${chat.title || "New chat"}”.`;
+  ui.undo.hidden = false;
+  ui.undoButton.focus();
+}
+
+function hideUndo() {
+  clearTimeout(state.undo?.timer);
+  state.undo = null;
+  ui.undo.hidden = true;
+}
+
+function undoDelete() {
+  const chat = state.undo?.chat;
+  hideUndo();
+  if (!chat) return;
+  store.restoreChat(chat);
+  state.chats.push(chat);
+  showChat(chat.id);
+}
+
+function renameChat(id, title) {
+  const chat = state.chats.find((c) => c.id === id);
+  const clean = title.trim();
+  if (!chat || !clean || clean === chat.title) return;
+  chat.title = clean;
+  chat.metaRev = store.nextAt();
+  persist(chat);
 }
 
 function renderChatList() {
-  const chats = [...state.chats].sort((a, b) => b.updated - a.updated);
   ui.chatList.replaceChildren(
-    ...chats.map((chat) => {
-      const item = document.createElement("li");
-      item.className = "chat-entry";
-      const open = document.createElement("button");
-      open.type = "button";
-      open.className = "chat-open";
-      open.dataset.id = chat.id;
-      open.textContent = chat.title || "New chat";
-      open.title = chat.title || "New chat";
-      if (chat.id === state.currentId) open.setAttribute("aria-current", "true");
-      const remove = document.createElement("button");
-      remove.type = "button";
-      remove.className = "chat-delete";
-      remove.dataset.id = chat.id;
-      remove.setAttribute("aria-label", `Delete chat “${chat.title || "New chat"}”`);
-      remove.textContent = "×";
-      item.append(open, remove);
-      return item;
+    ...chatListItems(state.chats, {
+      query: ui.chatSearch.value.trim(),
+      currentId: state.currentId,
+      busy: (id) => state.generations.has(id),
     }),
   );
-  if (!chats.length) {
-    const none = document.createElement("li");
-    none.className = "chat-none";
-    none.textContent = "No chats yet.";
-    ui.chatList.append(none);
-  }
+}
+
+function startRename(id) {
+  const entry = ui.chatList.querySelector(`.chat-rename[data-id="${CSS.escape(id)}"]`)?.closest("li");
+  const chat = state.chats.find((c) => c.id === id);
+  if (!entry || !chat) return;
+  const input = document.createElement("input");
+  input.type = "text";
+  input.className = "chat-rename-input";
+  input.value = chat.title;
+  input.setAttribute("aria-label", "Chat name");
+  let done = false;
+  const finish = (save) => {
+    if (done) return;
+    done = true;
+    if (save) renameChat(id, input.value);
+    renderChatList();
+    ui.chatList.querySelector(`.chat-open[data-id="${CSS.escape(id)}"]`)?.focus();
+  };
+  input.addEventListener("keydown", (event) => {
+    if (event.key === "Enter") finish(true);
+    else if (event.key === "Escape") {
+      event.stopPropagation();
+      finish(false);
+    }
+  });
+  input.addEventListener("blur", () => finish(true));
+  entry.replaceChildren(input);
+  input.focus();
+  input.select();
 }
 
 // ---------------------------------------------------------------- thread
 
+function canRead() {
+  return state.voices.length > 0;
+}
+
 function renderThread() {
   const chat = currentChat();
   const messages = chat?.messages ?? [];
-  const canRead = state.voices.length > 0;
-  ui.thread.replaceChildren(...messages.map((message, index) => messageElement(message, index, canRead)));
+  ui.thread.replaceChildren(
+    ...messages.map((message) => messageElement(shown(message), canRead(), readingPhase(message))),
+  );
   ui.empty.hidden = messages.length > 0;
   scrollToEnd(true);
+}
+
+function articleOf(messageId) {
+  return ui.thread.querySelector(`.message[data-id="${CSS.escape(messageId)}"]`);
+}
+
+function readingPhase(message) {
+  return reader.messageId === message.id ? state.readingPhase : "idle";
 }
 
 function nearEnd() {
@@ -162,12 +192,13 @@ function scrollToEnd(force = false) {
 
 // ---------------------------------------------------------------- sending
 
-function requestMessages(chat) {
+function requestMessages(chat, upTo) {
   const messages = [];
-  const system = state.settings.systemPrompt.trim();
+  const system = (chat.systemPrompt ?? "").trim() || state.settings.systemPrompt.trim();
   if (system) messages.push({ role: "system", content: system });
   for (const m of chat.messages) {
-    if (m.pending || !m.content) continue;
+    if (m === upTo) break;
+    if (shown(m).pending || !m.content) continue;
     messages.push({ role: m.role, content: m.content });
   }
   return messages;
@@ -187,24 +218,26 @@ function abortableSleep(ms, signal) {
   });
 }
 
-function setGenerating(generation) {
-  state.generation = generation;
-  ui.send.hidden = Boolean(generation);
-  ui.stop.hidden = !generation;
-  ui.newChat.disabled = Boolean(generation);
-  ui.thread.setAttribute("aria-busy", generation ? "true" : "false");
-  for (const button of ui.chatList.querySelectorAll("button")) button.disabled = Boolean(generation);
+/** Send or Stop, for the chat on screen. */
+function showComposer() {
+  const busy = state.generations.has(state.currentId);
+  ui.send.hidden = busy;
+  ui.stop.hidden = !busy;
+  ui.thread.setAttribute("aria-busy", busy ? "true" : "false");
 }
 
 function chosenModel() {
   const model = ui.model.value;
-  if (!model) showBanner("There is no chat model to answer: check the server's configuration.");
-  return model;
+  if (model) return model;
+  // The list is empty because it could not be read: say why, not that no model exists.
+  if (state.modelsError) showBanner(state.modelsError.message, state.modelsError.status === 401, "models");
+  else showBanner("There is no chat model to answer: check the server's configuration.");
+  return "";
 }
 
 async function sendMessage() {
   const text = ui.prompt.value.trim();
-  if (!text || state.generation) return;
+  if (!text || state.generations.has(state.currentId)) return;
   const model = chosenModel();
   if (!model) return;
   let chat = currentChat();
@@ -212,51 +245,157 @@ async function sendMessage() {
     chat = store.newChat();
     state.chats.push(chat);
     state.currentId = chat.id;
+    store.saveDraft(null, "");
   }
-  if (!chat.title) chat.title = store.titleFrom(text);
-  chat.messages.push({ role: "user", content: text });
+  if (!chat.title) {
+    chat.title = store.titleFrom(text);
+    chat.metaRev = store.nextAt();
+  }
+  chat.messages.push(store.newMessage({ role: "user", content: text }));
   ui.prompt.value = "";
+  store.saveDraft(chat.id, "");
   resizePrompt();
   await answer(chat, model);
 }
 
-/** Ask again for the last answer (it failed or was stopped), with the model picked now. */
-async function retryLast() {
-  const chat = currentChat();
-  if (state.generation || chat?.messages.at(-1)?.role !== "assistant") return;
-  const model = chosenModel();
-  if (!model) return;
-  chat.messages.pop();
-  await answer(chat, model);
+// ---------------------------------------------------------------- versions: edit, regenerate, continue
+
+const CONTINUE_PROMPT = "Continue exactly where your last answer stopped, without repeating any of it.";
+
+/** Show version `k` of a message and the conversation that followed it. */
+function flipVersion(chat, message, k) {
+  if (state.generations.has(chat.id) || !showVersion(chat, message, k)) return;
+  persist(chat);
+  renderThread();
+  articleOf(message.id)?.querySelector(k < message.versions.length - 1 ? ".version-next" : ".version-prev")?.focus();
 }
 
-async function answer(chat, model) {
+/** Ask again for an answer (failed, stopped, or simply not liked), with the model picked now. */
+async function regenerate(message) {
+  const chat = currentChat();
+  if (!chat || state.generations.has(chat.id) || message?.role !== "assistant") return;
+  const model = chosenModel();
+  if (!model) return;
+  // A failed or empty attempt is not worth keeping as a branch.
+  const keep = Boolean(message.content) && !message.error;
+  newVersion(chat, message, { content: "", model }, keep);
+  await answer(chat, model, { reply: message });
+}
+
+/** Ask the model to go on from where a cut or stopped answer ended, appending to it. */
+async function continueAnswer(message) {
+  const chat = currentChat();
+  if (!chat || state.generations.has(chat.id) || !message?.content) return;
+  const model = chosenModel();
+  if (!model) return;
+  await answer(chat, model, { reply: message, continuing: true });
+}
+
+function startEdit(article, message) {
+  const chat = currentChat();
+  if (!chat || state.generations.has(chat.id) || article.querySelector(".edit-box")) return;
+  const body = article.querySelector(".message-body");
+  const box = document.createElement("div");
+  box.className = "edit-box";
+  const area = document.createElement("textarea");
+  area.value = message.content;
+  area.setAttribute("aria-label", "Edit message");
+  const actions = document.createElement("div");
+  actions.className = "edit-actions";
+  const cancel = document.createElement("button");
+  cancel.type = "button";
+  cancel.className = "btn btn-small btn-ghost";
+  cancel.textContent = "Cancel";
+  const send = document.createElement("button");
+  send.type = "button";
+  send.className = "btn btn-small btn-primary";
+  send.textContent = "Save and send";
+  actions.append(cancel, send);
+  box.append(area, actions);
+  body.hidden = true;
+  article.querySelector(".user-meta").hidden = true;
+  article.append(box);
+  area.focus();
+  const close = () => {
+    box.remove();
+    body.hidden = false;
+    article.querySelector(".user-meta").hidden = false;
+  };
+  cancel.addEventListener("click", () => {
+    close();
+    article.querySelector(".edit").focus();
+  });
+  area.addEventListener("keydown", (event) => {
+    if (event.key === "Escape") {
+      event.stopPropagation();
+      cancel.click();
+    } else if (event.key === "Enter" && !event.shiftKey && !event.isComposing && enterSends()) {
+      event.preventDefault();
+      send.click();
+    }
+  });
+  send.addEventListener("click", async () => {
+    const text = area.value.trim();
+    if (!text) return;
+    const model = chosenModel();
+    if (!model || state.generations.has(chat.id)) return;
+    close();
+    newVersion(chat, message, { content: text });
+    await answer(chat, model);
+  });
+}
+
+function contextLength(model) {
+  return state.chatModels.find((m) => m.id === model)?.context_length ?? null;
+}
+
+/** Stream an answer: a new message at the end, or into `reply` (regenerated, or continued). */
+async function answer(chat, model, { reply: existing = null, continuing = false } = {}) {
   hideBanner();
-  stopReading();
-  const body = { model, messages: requestMessages(chat) };
+  const body = { model, messages: requestMessages(chat, existing ?? undefined) };
+  if (continuing) {
+    // The OpenAI API has no "continue": the cut answer goes back as history, with a request to go on.
+    body.messages.push({ role: "assistant", content: existing.content }, { role: "user", content: CONTINUE_PROMPT });
+  }
   const temperature = state.settings.temperature;
   const maxTokens = state.settings.maxTokens;
   if (temperature !== null && temperature !== "") body.temperature = Number(temperature);
   if (maxTokens !== null && maxTokens !== "") body.max_tokens = Number(maxTokens);
-  const reply = { role: "assistant", content: "", model, pending: true };
-  chat.messages.push(reply);
+  let reply = existing;
+  if (reply) {
+    for (const key of ["stopped", "error", "finishReason", "stats"]) delete reply[key];
+    Object.assign(reply, { model, pending: true, rev: store.nextAt() });
+  } else {
+    reply = store.newMessage({ role: "assistant", content: "", model, pending: true });
+    chat.messages.push(reply);
+  }
+  if (chat.model !== model) {
+    chat.model = model;
+    chat.metaRev = store.nextAt();
+  }
   chat.updated = Date.now();
-  persist();
-  renderChatList();
-  renderThread();
-  const article = ui.thread.lastElementChild;
-
   const controller = new AbortController();
-  setGenerating({ controller });
+  state.generations.set(chat.id, { controller, reply });
+  persist(chat);
+  renderChatList();
+  if (chat.id === state.currentId) renderThread();
+  showComposer();
   setStatus(`Answering with ${model}…`);
+  const auto = ui.autoRead.checked && canRead();
+  if (auto) startReading(reply);
+
   let frame = 0;
   const redraw = () => {
     if (frame) return;
     frame = requestAnimationFrame(() => {
       frame = 0;
-      const follow = nearEnd();
-      updateMessage(article, reply);
-      if (follow) scrollToEnd(true);
+      const article = articleOf(reply.id);
+      if (article) {
+        const follow = nearEnd();
+        updateMessage(article, reply, readingPhase(reply));
+        if (follow) scrollToEnd(true);
+      }
+      feedReader(reply);
     });
   };
 
@@ -284,10 +423,11 @@ async function answer(chat, model) {
             pieces += 1;
             reply.content += delta;
             reply.waiting = "";
+            reply.rev = store.nextAt();
             redraw();
-            if (performance.now() - lastSave > 1000) {
+            if (performance.now() - lastSave > SAVE_EVERY_MS) {
               lastSave = performance.now();
-              persist();
+              persist(chat);
             }
           }
           if (choice?.finish_reason) reply.finishReason = choice.finish_reason;
@@ -319,79 +459,100 @@ async function answer(chat, model) {
       const timed = tokens > 1 && afterFirst >= 0.05;
       const seconds = timed ? afterFirst : (ended - started) / 1000;
       const counted = timed ? tokens - 1 : tokens;
-      reply.stats = { tokens, tokensPerSecond: seconds > 0.001 ? counted / seconds : null };
+      reply.stats = {
+        tokens,
+        tokensPerSecond: seconds > 0.001 ? counted / seconds : null,
+        firstTokenSeconds: firstAt === null ? null : (firstAt - started) / 1000,
+        contextUsed: usage ? (usage.prompt_tokens ?? 0) + (usage.completion_tokens ?? 0) : null,
+        contextLength: contextLength(model),
+      };
     }
     delete reply.pending;
     delete reply.waiting;
+    reply.rev = store.nextAt();
+    if (reply.versions) reply.versions[reply.version] = snapshot(reply, []);
     chat.updated = Date.now();
-    persist();
-    updateMessage(article, reply);
-    setGenerating(null);
+    state.generations.delete(chat.id);
+    persist(chat);
+    const article = articleOf(reply.id);
+    if (article) updateMessage(article, reply, readingPhase(reply));
+    showComposer();
     renderChatList();
-    if (reply.error) setStatus(`Error: ${reply.error.message}`);
-    else if (reply.stopped) setStatus("Stopped.");
-    else setStatus(reply.stats ? `Last answer: ${formatStats(reply.stats)}` : "Done.");
-    if (reply.error?.status === 401) showBanner(reply.error.message, true);
-    ui.prompt.focus();
+    finished(chat, reply);
   }
-  if (ui.autoRead.checked && !reply.error && !reply.stopped && reply.content && state.voices.length) {
-    readAloud(article, reply);
+  if (reader.messageId === reply.id) {
+    if (reply.error || reply.stopped) reader.stop();
+    else feedReader(reply);
   }
 }
 
+/** Say how an answer ended, once, in the status line and to screen readers. */
+function finished(chat, reply) {
+  const here = chat.id === state.currentId;
+  if (reply.error) {
+    setStatus(`Error: ${reply.error.message}`);
+    announce(`The answer failed: ${reply.error.message}`);
+  } else if (reply.stopped) {
+    setStatus("Stopped.");
+  } else {
+    setStatus(reply.stats ? `Last answer: ${formatStats(reply.stats)}` : "Done.");
+    const text = speakableBlocks(renderMarkdown(reply.content)).join(" ");
+    const where = here ? "" : ` in “${chat.title}”`;
+    announce(`Answer from ${reply.model}${where}: ${text.length > 400 ? `${text.slice(0, 400)}…` : text}`);
+  }
+  if (reply.error?.status === 401) showBanner(reply.error.message, true);
+  if (here) ui.prompt.focus();
+}
+
 function stopGenerating() {
-  state.generation?.controller.abort();
+  state.generations.get(state.currentId)?.controller.abort();
 }
 
 // ---------------------------------------------------------------- read-aloud
 
-function stopReading() {
-  const reading = state.reading;
-  if (!reading) return;
-  state.reading = null;
-  reading.controller.abort();
-  reading.audio.pause();
-  reading.button.textContent = "Read aloud";
-  reading.button.setAttribute("aria-pressed", "false");
-}
-
-async function readAloud(article, message) {
-  const button = article.querySelector(".read-aloud");
-  const audio = article.querySelector(".message-audio");
-  if (state.reading?.button === button) {
-    stopReading();
-    return;
-  }
-  stopReading();
-  const [model, voice] = splitVoice(ui.voice.value);
-  if (!model) return;
-  const body = article.querySelector(".message-body");
-  const text = speakableText(body) || message.content;
-  const controller = new AbortController();
-  const reading = { controller, audio, button };
-  state.reading = reading;
-  button.textContent = "Stop reading";
-  button.setAttribute("aria-pressed", "true");
-  audio.hidden = false;
-  audio.addEventListener(
-    "ended",
-    () => {
-      if (state.reading === reading) stopReading();
-    },
-    { once: true },
-  );
-  try {
-    await speak(api, { model, voice, text }, audio, controller.signal);
-  } catch (error) {
-    if (error.name === "AbortError") return;
-    if (state.reading === reading) stopReading();
-    showBanner(`Read-aloud failed: ${error.message}`, error.status === 401);
-  }
-}
-
 function splitVoice(value) {
   const at = value.indexOf("\u001f");
   return at < 0 ? ["", ""] : [value.slice(0, at), value.slice(at + 1)];
+}
+
+function findMessage(id) {
+  for (const chat of state.chats) {
+    const message = chat.messages.find((m) => m.id === id);
+    if (message) return message;
+  }
+  return null;
+}
+
+function startReading(message) {
+  const voice = splitVoice(ui.voice.value);
+  if (!voice[0]) return;
+  reader.start(message.id, voice);
+  feedReader(message);
+}
+
+function feedReader(message) {
+  if (reader.messageId !== message.id) return;
+  reader.feed(speakableBlocks(renderMarkdown(message.content)), !message.pending);
+}
+
+function toggleReading(message) {
+  if (reader.messageId === message.id) reader.stop();
+  else startReading(message);
+}
+
+const PHASE_TEXT = { preparing: "Preparing audio…", playing: "Reading aloud", paused: "Paused" };
+
+/** The reader's state changed: one player, one pressed button. */
+function showReading({ messageId, phase, error }) {
+  state.readingPhase = phase;
+  ui.player.hidden = phase === "idle";
+  ui.player.dataset.phase = phase;
+  ui.playerState.textContent = PHASE_TEXT[phase] ?? "";
+  for (const article of ui.thread.querySelectorAll(".message-assistant")) {
+    const message = findMessage(article.dataset.id);
+    if (message) updateMessage(article, message, article.dataset.id === messageId ? phase : "idle");
+  }
+  if (error) showBanner(`Read-aloud failed: ${error.message}`, error.status === 401);
 }
 
 // ---------------------------------------------------------------- models and voices
@@ -417,7 +578,7 @@ function showModelState() {
 
 function fillModels(cards) {
   state.chatModels = cards.filter((m) => m.kind === "chat");
-  const wanted = ui.model.value || state.settings.model;
+  const wanted = ui.model.value || currentChat()?.model || state.settings.model;
   ui.model.replaceChildren(
     ...state.chatModels.map((card) => {
       const option = new Option(optionLabel(card), card.id);
@@ -472,6 +633,7 @@ async function refreshModels() {
   try {
     cards = (await api.json("v1/models")).data ?? [];
   } catch (error) {
+    state.modelsError = error;
     showBanner(`Cannot list the models: ${error.message}`, error.status === 401, "models");
     // The server may be restarting: look again, and clear the message once it answers.
     if (error.code === "network_error" || error.status >= 500) {
@@ -479,6 +641,7 @@ async function refreshModels() {
     }
     return;
   }
+  state.modelsError = null;
   if (ui.banner.dataset.source === "models") hideBanner();
   fillModels(cards);
   const speechModels = cards.filter((m) => m.kind === "speech");
@@ -513,6 +676,14 @@ function setStatus(text) {
   ui.status.textContent = text;
 }
 
+function announce(text) {
+  // Emptied first so that the same words twice are still read out.
+  ui.announcer.textContent = "";
+  setTimeout(() => {
+    ui.announcer.textContent = text;
+  }, 50);
+}
+
 function openSidebar() {
   ui.app.classList.add("sidebar-open");
   ui.backdrop.hidden = false;
@@ -533,14 +704,25 @@ function resizePrompt() {
   ui.prompt.style.height = `${Math.min(ui.prompt.scrollHeight, 240)}px`;
 }
 
-// ---------------------------------------------------------------- settings
+/** Whether Enter sends: by default not on touch screens, whose keyboards have no Shift+Enter. */
+function enterSends() {
+  const chosen = state.settings.enterSends;
+  return typeof chosen === "boolean" ? chosen : !matchMedia("(pointer: coarse)").matches;
+}
+
+// ---------------------------------------------------------------- settings, export, import
 
 function openSettings() {
   const s = state.settings;
+  const chat = currentChat();
   ui.systemPrompt.value = s.systemPrompt;
+  ui.chatSettings.hidden = !chat;
+  ui.chatSystemPrompt.value = chat?.systemPrompt ?? "";
   ui.temperature.value = s.temperature ?? "";
   ui.maxTokens.value = s.maxTokens ?? "";
   ui.apiKey.value = s.apiKey;
+  ui.enterSends.checked = enterSends();
+  ui.exportMarkdown.disabled = !chat;
   ui.settings.showModal();
 }
 
@@ -552,9 +734,51 @@ function saveSettingsForm() {
     temperature: number(ui.temperature),
     maxTokens: number(ui.maxTokens),
     apiKey: ui.apiKey.value.trim(),
+    enterSends: ui.enterSends.checked,
   });
   store.saveSettings(state.settings);
+  const chat = currentChat();
+  if (chat && (chat.systemPrompt ?? "") !== ui.chatSystemPrompt.value) {
+    chat.systemPrompt = ui.chatSystemPrompt.value;
+    chat.metaRev = store.nextAt();
+    persist(chat);
+  }
   if (keyChanged) refreshModels();
+}
+
+function download(name, type, text) {
+  const link = document.createElement("a");
+  link.href = URL.createObjectURL(new Blob([text], { type }));
+  link.download = name;
+  document.body.append(link);
+  link.click();
+  link.remove();
+  setTimeout(() => URL.revokeObjectURL(link.href), 10_000);
+}
+
+function fileName(title, ext) {
+  const base = (title || "chat").replace(/[^\p{L}\p{N}]+/gu, "-").replace(/^-|-$/g, "").slice(0, 60);
+  return `${base || "chat"}.${ext}`;
+}
+
+async function importChats(file) {
+  let chats;
+  try {
+    chats = store.chatsFromExport(JSON.parse(await file.text()));
+  } catch (error) {
+    showBanner(`Cannot import ${file.name}: ${error.message}`);
+    return;
+  }
+  if (!chats.length) {
+    showBanner(`${file.name} holds no chats.`);
+    return;
+  }
+  for (const chat of chats) {
+    state.chats.push(chat);
+    persist(chat);
+  }
+  renderChatList();
+  setStatus(`Imported ${chats.length} chat${chats.length === 1 ? "" : "s"}.`);
 }
 
 async function copyText(text, button) {
@@ -578,6 +802,43 @@ async function copyText(text, button) {
   }, 1200);
 }
 
+// ---------------------------------------------------------------- other tabs
+
+/** Another tab saved a chat: fold its copy into ours (nothing of either is lost) and show it. */
+function chatChangedElsewhere(id) {
+  const stored = store.loadChat(id);
+  const mine = state.chats.find((c) => c.id === id);
+  if (!stored) {
+    if (mine && store.isDeleted(id) && !state.generations.has(id)) {
+      state.chats = state.chats.filter((c) => c !== mine);
+      if (state.currentId === id) showChat(null);
+    }
+  } else if (mine) {
+    // Two tabs can save at the same moment, the second over the first: whoever holds more saves again.
+    const ahead = store.isAhead(mine, stored);
+    store.mergeChat(mine, stored);
+    if (ahead) persist(mine);
+  } else {
+    state.chats.push(stored);
+  }
+  renderChatList();
+  if (id === state.currentId) {
+    const follow = nearEnd();
+    ui.thread.replaceChildren(
+      ...(currentChat()?.messages ?? []).map((m) => messageElement(shown(m), canRead(), readingPhase(m))),
+    );
+    ui.empty.hidden = Boolean(currentChat()?.messages.length);
+    if (follow) scrollToEnd(true);
+  }
+}
+
+/** A message as this tab shows it: an answer another tab stopped saving long ago is no longer pending. */
+function shown(message) {
+  if (!message.pending || [...state.generations.values()].some((g) => g.reply === message)) return message;
+  if (Date.now() - (message.rev ?? 0) < ORPHAN_MS) return message;
+  return { ...message, pending: false, stopped: true };
+}
+
 // ---------------------------------------------------------------- wiring
 
 function wire() {
@@ -586,38 +847,60 @@ function wire() {
     sendMessage();
   });
   ui.prompt.addEventListener("keydown", (event) => {
-    if (event.key === "Enter" && !event.shiftKey && !event.isComposing) {
+    if (event.key === "Enter" && !event.shiftKey && !event.isComposing && enterSends()) {
       event.preventDefault();
       sendMessage();
     }
   });
-  ui.prompt.addEventListener("input", resizePrompt);
+  ui.prompt.addEventListener("input", () => {
+    resizePrompt();
+    store.saveDraft(state.currentId, ui.prompt.value);
+  });
   ui.stop.addEventListener("click", stopGenerating);
   document.addEventListener("keydown", (event) => {
-    if (event.key === "Escape" && state.generation && !ui.settings.open) stopGenerating();
+    if (event.key === "Escape" && state.generations.has(state.currentId) && !ui.settings.open) stopGenerating();
     else if (event.key === "Escape") closeSidebar(true);
   });
-  ui.newChat.addEventListener("click", startNewChat);
+  ui.newChat.addEventListener("click", () => showChat(null));
+  ui.chatSearch.addEventListener("input", renderChatList);
   ui.chatList.addEventListener("click", (event) => {
-    const open = event.target.closest(".chat-open");
-    const remove = event.target.closest(".chat-delete");
-    if (open) selectChat(open.dataset.id);
-    else if (remove) deleteChat(remove.dataset.id);
+    const target = event.target.closest("button");
+    if (!target) return;
+    if (target.classList.contains("chat-open")) showChat(target.dataset.id);
+    else if (target.classList.contains("chat-rename")) startRename(target.dataset.id);
+    else if (target.classList.contains("chat-delete")) deleteChat(target.dataset.id);
   });
+  ui.undoButton.addEventListener("click", undoDelete);
   ui.thread.addEventListener("click", (event) => {
     const article = event.target.closest(".message");
     if (!article) return;
-    const message = currentChat()?.messages[Number(article.dataset.index)];
+    const message = currentChat()?.messages.find((m) => m.id === article.dataset.id);
     if (event.target.closest(".copy-code")) {
       const button = event.target.closest(".copy-code");
       copyText(button.closest(".code-block").querySelector("pre").textContent, button);
     } else if (event.target.closest(".copy-answer") && message) {
       copyText(message.content, event.target.closest(".copy-answer"));
     } else if (event.target.closest(".read-aloud") && message) {
-      readAloud(article, message);
-    } else if (event.target.closest(".retry")) {
-      retryLast();
+      toggleReading(message);
+    } else if (event.target.closest(".retry") && message) {
+      regenerate(message);
+    } else if (event.target.closest(".continue") && message) {
+      continueAnswer(message);
+    } else if (event.target.closest(".edit") && message) {
+      startEdit(article, message);
+    } else if (event.target.closest(".version-prev") && message) {
+      flipVersion(currentChat(), message, message.version - 1);
+    } else if (event.target.closest(".version-next") && message) {
+      flipVersion(currentChat(), message, message.version + 1);
     }
+  });
+  ui.playerStop.addEventListener("click", () => reader.stop());
+  ui.speechRate.value = String(state.settings.speechRate ?? 1);
+  reader.setRate(Number(ui.speechRate.value) || 1);
+  ui.speechRate.addEventListener("change", () => {
+    state.settings.speechRate = Number(ui.speechRate.value);
+    store.saveSettings(state.settings);
+    reader.setRate(state.settings.speechRate);
   });
   ui.model.addEventListener("change", () => {
     state.settings.model = ui.model.value;
@@ -645,38 +928,47 @@ function wire() {
   ui.bannerClose.addEventListener("click", hideBanner);
   ui.settingsCancel.addEventListener("click", () => ui.settings.close());
   ui.settingsForm.addEventListener("submit", saveSettingsForm);
+  ui.exportJson.addEventListener("click", () => {
+    const chats = state.chats.map((c) => ({ ...c, messages: c.messages.filter((m) => !m.pending) }));
+    download("ai-stack-chats.json", "application/json", JSON.stringify({ version: 2, chats }, null, 2));
+  });
+  ui.exportMarkdown.addEventListener("click", () => {
+    const chat = currentChat();
+    if (chat) download(fileName(chat.title, "md"), "text/markdown", store.chatMarkdown(chat));
+  });
+  ui.importChats.addEventListener("change", async () => {
+    const [file] = ui.importChats.files;
+    ui.importChats.value = "";
+    if (!file) return;
+    ui.settings.close();
+    await importChats(file);
+  });
   ui.clearChats.addEventListener("click", () => {
-    if (state.generation || !window.confirm("Delete every chat kept in this browser?")) return;
-    stopReading();
+    if (!window.confirm("Delete every chat kept in this browser?")) return;
+    reader.stop();
+    for (const g of state.generations.values()) g.controller.abort();
+    for (const chat of state.chats) store.deleteChat(chat.id);
     state.chats = [];
-    state.currentId = null;
-    persist();
-    renderChatList();
-    renderThread();
+    showChat(null);
     ui.settings.close();
   });
-  window.addEventListener("storage", (event) => {
-    // Another tab changed the chats: show them, unless this one is busy answering.
-    if (event.key?.startsWith("ai-stack.chats") && !state.generation) {
-      state.chats = store.loadChats();
-      renderChatList();
-      renderThread();
+  window.addEventListener("pagehide", () => {
+    // A reload or a closed tab ends its answers: keep what arrived, marked stopped, for every tab to see.
+    for (const [id, generation] of state.generations) {
+      const chat = state.chats.find((c) => c.id === id);
+      Object.assign(generation.reply, { pending: false, stopped: true, rev: store.nextAt() });
+      if (chat) persist(chat);
     }
+  });
+  window.addEventListener("storage", (event) => {
+    if (store.isChatKey(event.key)) chatChangedElsewhere(store.chatIdOfKey(event.key));
   });
 }
 
 wire();
 if (state.currentId && !currentChat()) state.currentId = null;
-// A reload during an answer leaves it half-written: keep what arrived and say so.
-for (const chat of state.chats) {
-  for (const m of chat.messages) {
-    if (m.pending) {
-      delete m.pending;
-      delete m.waiting;
-      m.stopped = true;
-    }
-  }
-}
+ui.prompt.value = store.loadDraft(state.currentId);
+resizePrompt();
 renderChatList();
 renderThread();
 refreshModels();

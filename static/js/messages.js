@@ -16,18 +16,30 @@ function button(className, text, label = "") {
   return node;
 }
 
-/** "N tokens · X tokens/s" for an answer's stats. */
+/** "N tokens · X tokens/s · first token T s · context U / L" for an answer's stats. */
 export function formatStats(stats) {
   if (!stats) return "";
   const parts = [`${stats.tokens} token${stats.tokens === 1 ? "" : "s"}`];
   if (stats.tokensPerSecond) parts.push(`${stats.tokensPerSecond.toFixed(1)} tokens/s`);
+  if (typeof stats.firstTokenSeconds === "number") parts.push(`first token ${stats.firstTokenSeconds.toFixed(2)} s`);
+  if (stats.contextUsed) {
+    const of = stats.contextLength ? ` / ${stats.contextLength}` : "";
+    parts.push(`context ${stats.contextUsed}${of}`);
+  }
   return parts.join(" · ");
 }
 
-/** The article for message number `index`; `canRead` shows its read-aloud button. */
-export function messageElement(message, index, canRead) {
+const READ_LABELS = {
+  idle: "Read aloud",
+  preparing: "Preparing audio…",
+  playing: "Stop reading",
+  paused: "Stop reading",
+};
+
+/** The article of a message; `canRead` shows its read-aloud button, `phase` the page's reader on it. */
+export function messageElement(message, canRead, phase = "idle") {
   const article = element("article", `message message-${message.role}`);
-  article.dataset.index = String(index);
+  article.dataset.id = message.id;
   const who = element("h2", "message-role", message.role === "user" ? "You" : message.model || "Assistant");
   const body = element("div", message.role === "user" ? "message-body plain" : "message-body markdown");
   article.append(who);
@@ -39,38 +51,69 @@ export function messageElement(message, index, canRead) {
     article.append(reasoning);
   }
   article.append(body);
+  if (message.role === "user") {
+    const meta = element("div", "message-meta user-meta");
+    meta.append(versionSwitch(), button("btn-ghost edit", "Edit", "Edit and resend"));
+    article.append(meta);
+  }
   if (message.role === "assistant") {
+    // Not an alert: re-rendering the thread would announce old errors again (the status line says it once).
     const error = element("p", "message-error");
-    error.setAttribute("role", "alert");
     error.hidden = true;
     const meta = element("div", "message-meta");
     const actions = element("span", "message-actions");
     const read = button("btn-ghost read-aloud", "Read aloud");
     read.hidden = !canRead;
     actions.append(button("btn-ghost copy-answer", "Copy", "Copy answer"), read);
-    meta.append(button("retry", "Retry"), element("span", "message-stats"), actions);
-    const audio = element("audio", "message-audio");
-    audio.controls = true;
-    audio.preload = "auto";
-    audio.hidden = true;
-    audio.setAttribute("aria-label", "Answer read aloud");
-    article.append(error, meta, audio);
+    meta.append(
+      versionSwitch(),
+      button("btn-ghost retry", "Retry"),
+      button("btn-ghost continue", "Continue", "Continue this answer"),
+      element("span", "message-stats"),
+      actions,
+    );
+    article.append(error, meta);
   }
-  updateMessage(article, message);
+  updateMessage(article, message, phase);
   return article;
+}
+
+/** "‹ 2 / 3 ›": flips between the versions of a message (edits, regenerated answers). */
+function versionSwitch() {
+  const box = element("span", "versions");
+  box.hidden = true;
+  box.append(
+    button("btn-ghost version-prev", "‹", "Previous version"),
+    element("span", "version-label"),
+    button("btn-ghost version-next", "›", "Next version"),
+  );
+  return box;
+}
+
+function showVersions(article, message) {
+  const box = article.querySelector(".versions");
+  const count = message.versions?.length ?? 0;
+  box.hidden = count < 2 || Boolean(message.pending);
+  if (box.hidden) return;
+  const at = (message.version ?? 0) + 1;
+  box.querySelector(".version-label").textContent = `${at} / ${count}`;
+  box.querySelector(".version-prev").disabled = at <= 1;
+  box.querySelector(".version-next").disabled = at >= count;
 }
 
 function note(text) {
   return element("p", "typing", text);
 }
 
-/** Show the message's current text, state, error and stats in its article. */
-export function updateMessage(article, message) {
+/** Show the message's current text, state, error, stats and read-aloud phase in its article. */
+export function updateMessage(article, message, phase = "idle") {
   const body = article.querySelector(".message-body");
   if (message.role === "user") {
     body.textContent = message.content;
+    showVersions(article, message);
     return;
   }
+  showVersions(article, message);
   const reasoning = article.querySelector(".message-reasoning");
   reasoning.hidden = !message.reasoning;
   if (message.reasoning) {
@@ -85,6 +128,11 @@ export function updateMessage(article, message) {
   else body.replaceChildren(note(message.stopped ? "Stopped before any text." : "The model gave no text."));
   article.classList.toggle("pending", Boolean(message.pending));
   article.classList.toggle("can-retry", Boolean(message.error || message.stopped));
+  const retry = article.querySelector(".retry");
+  retry.textContent = message.error || message.stopped ? "Retry" : "Regenerate";
+  const read = article.querySelector(".read-aloud");
+  read.textContent = READ_LABELS[phase] ?? READ_LABELS.idle;
+  read.setAttribute("aria-pressed", phase === "idle" ? "false" : "true");
   const error = article.querySelector(".message-error");
   error.hidden = !message.error;
   error.textContent = message.error ? message.error.message : "";
@@ -92,6 +140,11 @@ export function updateMessage(article, message) {
   if (message.stopped) notes.push("stopped");
   if (message.finishReason === "length") notes.push("cut at max tokens");
   article.querySelector(".message-stats").textContent = notes.filter(Boolean).join(" · ");
-  article.querySelector(".message-meta").hidden = Boolean(message.pending);
+  // While streaming only Read aloud shows: speech can follow the answer as it is written.
+  article.querySelector(".message-meta").hidden = Boolean(message.pending) && phase === "idle" && !message.content;
+  article.querySelector(".retry").hidden = Boolean(message.pending);
+  const cut = message.finishReason === "length" || message.stopped;
+  article.querySelector(".continue").hidden = !(cut && message.content && !message.pending);
+  article.querySelector(".copy-answer").hidden = Boolean(message.pending);
   article.querySelector(".message-actions").hidden = !message.content;
 }
