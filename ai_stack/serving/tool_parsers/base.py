@@ -188,12 +188,13 @@ class ToolParser(ABC):
         """Emit content, holding trailing whitespace (a call may follow) and dropping it after a call."""
         if not text:
             return
-        text = self._pending_ws + text
         core = text.rstrip(WS)
-        if not core:
-            self._pending_ws = text
+        if not core:  # only whitespace: held on (a long run of it is never scanned again)
+            self._pending_ws += text
             return
-        self._pending_ws = text[len(core) :]
+        trailing = text[len(core) :]
+        core = self._pending_ws + core
+        self._pending_ws = trailing
         if self._after_call:
             core = core.lstrip(WS)
             self._after_call = False
