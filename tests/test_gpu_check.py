@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from threading import Event
 
@@ -81,7 +82,9 @@ def test_dry_run_measures_a_tiny_model_through_the_server(tmp_path: Path) -> Non
     phases = json.loads(written.read_text())["phases"]
     assert phases["tests"]["status"] == "skipped"
     variant = phases["default"]["variants"]["float32-cpu"]
-    assert variant["status"] == "ok" and variant["completion_tokens"] == 8 and variant["decode_tok_s"] > 0
+    assert variant["status"] == "ok" and variant["completion_tokens"] == 8
+    # A tiny model's 8 tokens may reach the client in one batched chunk: then no rate can be measured (NaN).
+    assert variant["decode_tok_s"] > 0 or math.isnan(variant["decode_tok_s"])
     assert variant["concurrent"][0]["clients"] == 2 and variant["concurrent"][0]["tokens"] == 16
     assert {k: v["ok"] for k, v in phases["tiny"]["models"].items()} == {
         "qwen3": True,
