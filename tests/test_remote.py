@@ -17,7 +17,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import anthropic
 import httpx
+import ollama
 import openai
 import pytest
 
@@ -177,6 +179,8 @@ class Fleet:
             remote("slow", "fake-slow", both),
             remote("single", "fake-single", [self.a]),
             remote("tts", "fake-tts", both, kind="speech"),
+            # One request runs at the gateway and one waits there: the bounds of a remote model's queue.
+            {**remote("bounded", "fake-slow", [self.a], max_concurrency=1), "max_queue": 1},
         ]
         self.gateway = Node(folder, "gateway", toml_config(models))
 
@@ -297,9 +301,6 @@ def test_gateway_validation_and_upstream_errors_in_openai_shape(fleet: Fleet) ->
     error = too_long.json()["error"]
     assert error["code"] == "context_length_exceeded" and error["type"] == "invalid_request_error"
     assert sum(fleet.requests("chat").values()) == sum(before.values()) + 1  # a 4xx is not retried
-    with pytest.raises(openai.BadRequestError) as raised:
-        client(fleet.gateway.url).responses.create(model="chat", input="hi")
-    assert raised.value.code == "unsupported_for_remote_model"
 
 
 def test_upstream_429_and_retry_after_reach_the_client(fleet: Fleet) -> None:
@@ -314,6 +315,190 @@ def test_upstream_429_and_retry_after_reach_the_client(fleet: Fleet) -> None:
     assert refused.status_code == 429, refused.text
     assert int(refused.headers["retry-after"]) >= 1
     assert refused.json()["error"]["code"] == "rate_limit_exceeded"
+
+
+def _without_ids(value: Any) -> Any:
+    """A JSON value without the fields each server makes up anew (ids, times, the model's name)."""
+    if isinstance(value, dict):
+        drop = {"id", "created_at", "created", "model", "signature", "item_id", "response_id"}
+        return {k: _without_ids(v) for k, v in value.items() if k not in drop and not k.endswith("_duration")}
+    if isinstance(value, list):
+        return [_without_ids(item) for item in value]
+    return value
+
+
+def test_anthropic_messages_equal_direct_full_streamed_and_with_tools(fleet: Fleet) -> None:
+    gateway = anthropic.Anthropic(base_url=fleet.gateway.url, api_key="unused", max_retries=0)
+    direct = anthropic.Anthropic(base_url=fleet.a.url, api_key="unused", max_retries=0)
+    ask: dict[str, Any] = {"max_tokens": 64, "messages": [{"role": "user", "content": "Hello there"}]}
+    through = gateway.messages.create(model="chat", **ask)
+    alone = direct.messages.create(model="fake-chat", **ask)
+    assert through.model == "chat"
+    assert through.content[0].text == "You said: Hello there"  # type: ignore[union-attr]
+    assert _without_ids(through.model_dump()) == _without_ids(alone.model_dump())
+    assert through.usage.input_tokens == alone.usage.input_tokens > 0  # counted by the upstream
+
+    tools = [
+        {"name": "get_weather", "description": "Weather", "input_schema": WEATHER["function"]["parameters"]}
+    ]
+    weather: dict[str, Any] = {
+        "max_tokens": 64,
+        "messages": [{"role": "user", "content": "Weather in Paris?"}],
+        "tools": tools,
+    }
+    call = gateway.messages.create(model="tools", **weather)
+    assert call.stop_reason == "tool_use"
+    use = call.content[-1]
+    assert use.type == "tool_use" and use.name == "get_weather" and use.input == {"city": "Paris"}
+    assert _without_ids(call.model_dump()) == _without_ids(
+        direct.messages.create(model="fake-tools", **weather).model_dump()
+    )
+
+    def events(sdk: anthropic.Anthropic, model: str, **body: Any) -> list[Any]:
+        with sdk.messages.stream(model=model, **body) as stream:
+            events = [_without_ids(event.model_dump()) for event in stream]
+        # The gateway learns the prompt's size from the upstream at the end (message_delta), not at the start.
+        events[0]["message"]["usage"]["input_tokens"] = 0
+        return events
+
+    assert events(gateway, "chat", **ask) == events(direct, "fake-chat", **ask)
+    streamed = events(gateway, "tools", **weather)
+    assert streamed == events(direct, "fake-tools", **weather)
+    assert any(e.get("content_block", {}).get("type") == "tool_use" for e in streamed)
+    counted = gateway.messages.count_tokens(model="chat", messages=ask["messages"])
+    assert (
+        counted.input_tokens
+        == direct.messages.count_tokens(model="fake-chat", messages=ask["messages"]).input_tokens
+    )
+
+
+def test_openai_responses_equal_direct_full_and_streamed(fleet: Fleet) -> None:
+    gateway, direct = client(fleet.gateway.url), client(fleet.b.url)
+    through = gateway.responses.create(model="chat", input="Hello responses", store=False)
+    alone = direct.responses.create(model="fake-chat", input="Hello responses", store=False)
+    assert through.output_text == alone.output_text == "You said: Hello responses"
+    assert through.usage == alone.usage and through.usage is not None and through.usage.input_tokens > 0
+    assert through.model == "chat"
+
+    def events(sdk: openai.OpenAI, model: str) -> list[Any]:
+        stream = sdk.responses.create(model=model, input="Hello responses", store=False, stream=True)
+        return [_without_ids(event.model_dump()) for event in stream]
+
+    assert events(gateway, "chat") == events(direct, "fake-chat")
+    tools = [{"type": "function", **WEATHER["function"]}]
+    call = gateway.responses.create(model="tools", input="Weather in Paris?", tools=tools, store=False)
+    [item] = [item for item in call.output if item.type == "function_call"]
+    assert item.name == "get_weather" and json.loads(item.arguments) == {"city": "Paris"}  # type: ignore[union-attr]
+
+
+def test_ollama_chat_and_generate_equal_direct(fleet: Fleet) -> None:
+    gateway, direct = ollama.Client(host=fleet.gateway.url), ollama.Client(host=fleet.a.url)
+    messages = [{"role": "user", "content": "Hello ollama"}]
+    through = gateway.chat(model="chat", messages=messages)
+    alone = direct.chat(model="fake-chat", messages=messages)
+    assert through.message.content == "You said: Hello ollama"
+    assert _without_ids(through.model_dump()) == _without_ids(alone.model_dump())
+    assert through.prompt_eval_count == alone.prompt_eval_count and (through.prompt_eval_count or 0) > 0
+
+    def parts(sdk: ollama.Client, model: str) -> list[Any]:
+        return [
+            _without_ids(part.model_dump()) for part in sdk.chat(model=model, messages=messages, stream=True)
+        ]
+
+    streamed = parts(gateway, "chat")
+    assert streamed == parts(direct, "fake-chat") and len(streamed) > 2
+    tools = [WEATHER]
+    call = gateway.chat(model="tools", messages=[{"role": "user", "content": "Weather?"}], tools=tools)
+    assert call.message.tool_calls and call.message.tool_calls[0].function.arguments == {"city": "Paris"}
+    # A raw prompt goes to the upstream's /v1/completions.
+    ask: dict[str, Any] = {"prompt": "raw words", "raw": True, "options": {"num_predict": 2}}
+    raw = gateway.generate(model="chat", **ask)
+    assert _without_ids(raw.model_dump()) == _without_ids(
+        direct.generate(model="fake-chat", **ask).model_dump()
+    )
+    assert raw.eval_count == 2 and raw.done_reason == "length" and raw.response
+
+
+def test_llama_cpp_routes_over_a_remote_model(fleet: Fleet) -> None:
+    body = {"prompt": "one two three", "n_predict": 5}
+    through = httpx.post(f"{fleet.gateway.url}/completion", json={**body, "model": "chat"}, timeout=30)
+    alone = httpx.post(f"{fleet.a.url}/completion", json={**body, "model": "fake-chat"}, timeout=30)
+    assert through.status_code == 200, through.text
+    assert through.json()["content"] == alone.json()["content"]
+    assert through.json()["tokens_evaluated"] == alone.json()["tokens_evaluated"] > 0
+    # /infill with repository context needs the model's own FIM tokens: a clear 400 here.
+    extra = {"input_prefix": "a", "input_suffix": "b", "input_extra": [{"filename": "x.py", "text": "x"}]}
+    refused = httpx.post(f"{fleet.gateway.url}/infill", json={**extra, "model": "chat"}, timeout=30)
+    assert refused.status_code == 400 and "input_extra" in refused.text
+    # Prefix and suffix go to the upstream's /v1/completions (whose fake model has no FIM tokens: its 400).
+    fim = httpx.post(
+        f"{fleet.gateway.url}/infill",
+        json={"input_prefix": "a", "input_suffix": "b", "model": "chat"},
+        timeout=30,
+    )
+    direct = httpx.post(
+        f"{fleet.a.url}/v1/completions", json={"prompt": "a", "suffix": "b", "model": "fake-chat"}, timeout=30
+    )
+    assert fim.status_code == direct.status_code == 400, (fim.text, direct.text)
+    assert fim.json()["error"]["message"] == direct.json()["error"]["message"]
+
+
+def test_a_remote_models_waiting_requests_are_bounded(fleet: Fleet) -> None:
+    """max_concurrency x upstreams run, max_queue wait at the gateway; the next is a 429 at once."""
+    url = f"{fleet.gateway.url}/v1/chat/completions"
+    body = {"model": "bounded", "messages": MESSAGES, "stream": True, "max_tokens": 40}
+    before = fleet.upstreams("bounded")[f"{fleet.a.url}/v1"]["requests"]
+    waited: list[int] = []
+
+    def wait_in_line() -> None:
+        waited.append(httpx.post(url, json={**body, "stream": False}, timeout=60).status_code)
+
+    with httpx.stream("POST", url, json=body, timeout=30) as running:
+        lines = running.iter_lines()
+        assert next(lines).startswith("data: ")
+        waiter = threading.Thread(target=wait_in_line)
+        waiter.start()
+        assert wait_for(
+            lambda: fleet.gateway.metric("ai_stack_requests_waiting", model="bounded") >= 1, timeout=10
+        )
+        refused = httpx.post(url, json={**body, "stream": False}, timeout=30)
+        assert refused.status_code == 429 and int(refused.headers["retry-after"]) >= 1
+        assert refused.json()["error"]["code"] == "rate_limit_exceeded"
+        messages = httpx.post(
+            f"{fleet.gateway.url}/v1/messages",
+            json={"model": "bounded", "max_tokens": 5, "messages": MESSAGES},
+            timeout=30,
+        )
+        assert messages.status_code == 429 and messages.json()["type"] == "error"  # Anthropic's shape
+        view = fleet.upstreams("bounded")[f"{fleet.a.url}/v1"]
+        assert view["in_flight"] == 1 and view["requests"] == before + 1  # only the running one went upstream
+    waiter.join(60)
+    assert waited == [200]
+
+
+def test_pipeline_disconnect_cancels_and_upstream_429_reaches_the_client(fleet: Fleet) -> None:
+    def cancelled() -> float:
+        return sum(
+            n.metric("ai_stack_generations_aborted_total", model="fake-slow") for n in (fleet.a, fleet.b)
+        )
+
+    before = cancelled()
+    body = {"model": "slow", "messages": MESSAGES}
+    with httpx.stream("POST", f"{fleet.gateway.url}/api/chat", json=body, timeout=30) as response:
+        lines = response.iter_lines()
+        assert json.loads(next(lines))["done"] is False
+    assert wait_for(lambda: cancelled() > before, timeout=10), "the upstream kept generating"
+    assert wait_for(lambda: all(u["in_flight"] == 0 for u in fleet.upstreams("slow").values()), timeout=10)
+
+    url = f"{fleet.gateway.url}/v1/chat/completions"
+    with httpx.stream(
+        "POST", url, json={"model": "single", "messages": MESSAGES, "stream": True}, timeout=30
+    ) as busy:
+        lines = busy.iter_lines()
+        assert next(lines).startswith("data: ")
+        with pytest.raises(openai.RateLimitError) as raised:
+            client(fleet.gateway.url).responses.create(model="single", input="hi", store=False)
+    assert int(raised.value.response.headers["retry-after"]) >= 1
 
 
 def test_least_outstanding_spreads_concurrent_load(fleet: Fleet) -> None:
@@ -578,6 +763,10 @@ def test_llama_cpp_python_server_as_an_upstream(tmp_path: Path) -> None:
             str(port),
             "--n_ctx",
             "2048",
+            # Its default stops the running completion whenever another request comes, a health check
+            # (GET /v1/models) included: streams would end early.
+            "--interrupt_requests",
+            "False",
         ],
         stdout=log,
         stderr=subprocess.STDOUT,
@@ -602,6 +791,12 @@ def test_llama_cpp_python_server_as_an_upstream(tmp_path: Path) -> None:
             "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
             == alone.choices[0].message.content
         )
+        # Through the gateway's own chat pipeline too: Anthropic's Messages over llama-cpp-python's server.
+        message = anthropic.Anthropic(base_url=gateway.url, api_key="unused", max_retries=0).messages.create(
+            model="qwen", max_tokens=12, messages=MESSAGES, extra_body={"temperature": 0}
+        )
+        assert message.content[0].text == alone.choices[0].message.content  # type: ignore[union-attr]
+        assert message.usage.output_tokens == alone.usage.completion_tokens  # type: ignore[union-attr]
         missing = httpx.post(
             f"{gateway.url}/v1/audio/speech", json={"model": "qwen", "input": "x", "voice": "a"}
         )

@@ -11,9 +11,11 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from ai_stack.config import ModelSpec
 from ai_stack.engines.base import ChatEngine, Prompt, SamplingParams, TokenLogprob
 from ai_stack.errors import ContextLengthExceeded, InvalidRequest, stream_error_body
+from ai_stack.fleet.chat import RemoteChat
+from ai_stack.fleet.engine import RemoteEngine
+from ai_stack.fleet.pool import UpstreamPool, conversation_keys
 from ai_stack.metrics import Metrics
 from ai_stack.protocol import (
     AssistantMessage,
@@ -62,6 +64,8 @@ RESERVED_TEMPLATE_KWARGS = frozenset(
 # No tokenizer packs more characters than this into a token on average over a long text: a text longer than
 # context_length times this is refused before it is tokenized.
 CHARS_PER_TOKEN_BOUND = 32
+# The context of a remote model whose upstreams do not report theirs: no limit is checked here.
+UNKNOWN_CONTEXT = 2**31 - 1
 T = TypeVar("T")
 
 
@@ -83,18 +87,6 @@ async def unless_disconnected(
         return task.result()
     finally:
         watcher.cancel()
-
-
-def refuse_remote(spec: ModelSpec) -> None:
-    """A remote model is forwarded by the routes that pass requests through; the others refuse it clearly."""
-    if spec.engine == "remote":
-        raise InvalidRequest(
-            f"The model '{spec.id}' is served by remote upstreams (engine remote): only "
-            "/v1/chat/completions, /v1/completions and /v1/audio/speech forward to them; this API does "
-            "not yet",
-            param="model",
-            code="unsupported_for_remote_model",
-        )
 
 
 def _messages(request: ChatCompletionRequest) -> list[dict[str, Any]]:
@@ -147,7 +139,7 @@ def _template_tool_call(call: dict[str, Any], param: str) -> dict[str, Any]:
 
 def usage_of(chat: PreparedChat, results: list[RunResult]) -> Usage:
     """OpenAI usage of a finished request: prompt (and its cached part), completion and reasoning tokens."""
-    prompt_tokens = len(chat.prompt.token_ids)
+    prompt_tokens = chat.prompt_tokens(results[0] if results else None)
     completion = sum(r.completion_tokens for r in results)
     return Usage(
         prompt_tokens=prompt_tokens,
@@ -229,7 +221,7 @@ class ChatService:
                 self.metrics.record_chat(
                     chat.model_id,
                     result.finish_reason,
-                    len(chat.prompt.token_ids),
+                    chat.prompt_tokens(result),
                     result.completion_tokens,
                     time.monotonic() - started,
                     cached_tokens=result.cached_tokens,
@@ -271,9 +263,10 @@ class ChatService:
         """
         await self.registry.wait_ready(request.model, "chat")  # a model that loads on demand (budget)
         entry, engine = self.registry.chat_engine(request.model)
-        refuse_remote(entry.spec)
         if admit:  # refuse an overloaded model's request before rendering its prompt; bind admits it
             self.admission.check(entry.spec.id, entry.spec, engine, request.n)
+        if isinstance(engine, RemoteEngine):
+            return self._prepare_remote(entry.spec.id, engine, engine.pool, request, admit)
         template = engine.chat_template
         template_kwargs = dict(request.chat_template_kwargs or {})
         self._check_template_kwargs(template_kwargs)
@@ -337,15 +330,33 @@ class ChatService:
         logprobs: int | None = None,
         stops: list[str] | None = None,
         param: str = "prompt",
+        suffix: str | None = None,
     ) -> PreparedChat:
         """A prompt used as it is (text or token ids), no chat template: legacy completions, FIM, raw modes.
 
         The request's sampling fields, stops, n, response_format and limits apply as they do for chat.
+        suffix: a remote model's fill-in-the-middle (the upstream writes the FIM prompt); a local model's
+        callers render it into the prompt themselves.
         """
         await self.registry.wait_ready(request.model, "chat")  # a model that loads on demand (budget)
         entry, engine = self.registry.chat_engine(request.model)
-        refuse_remote(entry.spec)
         self.admission.check(entry.spec.id, entry.spec, engine, request.n)  # before tokenizing
+        if isinstance(engine, RemoteEngine):
+            if not prompt and not suffix:
+                raise InvalidRequest("The prompt is empty", param=param)
+            fields: dict[str, Any] = {"prompt": prompt}
+            if suffix:
+                fields["suffix"] = suffix
+            if logprobs is not None:
+                fields["logprobs"] = logprobs
+            if request.response_format is not None:
+                fields["response_format"] = request.response_format.model_dump(
+                    by_alias=True, exclude_none=True
+                )
+            remote = RemoteChat(engine.pool, "completions", fields)
+            return self.bind(
+                entry.spec.id, engine, Prompt([], ""), request, logprobs=logprobs, stops=stops, remote=remote
+            )
         grammar = None
         if request.response_format is not None:
             grammar = await asyncio.to_thread(json_grammar, request.response_format)
@@ -398,7 +409,8 @@ class ChatService:
                     param="logit_bias",
                     code="invalid_value",
                 )
-        context = engine.context_length
+        # A remote model's prompt is counted upstream (0 here); its context is known when upstreams report it.
+        context = engine.context_length or UNKNOWN_CONTEXT
         used = len(prompt.token_ids)
         limit = request.completion_limit()
         if used >= context or (limit is not None and used + limit > context):
@@ -426,7 +438,7 @@ class ChatService:
             logprobs=logprobs,
             grammar=grammar,
         )
-        return PreparedChat(
+        chat = PreparedChat(
             model_id,
             engine,
             prompt,
@@ -436,6 +448,46 @@ class ChatService:
             logprobs=logprobs is not None,
             admission=self._admit(model_id, engine, request.n) if admit else None,
             **parsing,
+        )
+        if chat.remote is not None and limit is None:  # no limit asked: the upstream's own default applies
+            chat.remote.open_limit = params.max_tokens
+        return chat
+
+    def _prepare_remote(
+        self,
+        model_id: str,
+        engine: ChatEngine,
+        pool: UpstreamPool,
+        request: ChatCompletionRequest,
+        admit: bool,
+    ) -> PreparedChat:
+        """A remote model's chat request: checked here as a local one is, rendered and run by an upstream."""
+        self._check_template_kwargs(dict(request.chat_template_kwargs or {}))
+        _messages(request)  # the same 400s as a local model's (content parts, tool-call arguments)
+        messages = [message.model_dump(exclude_none=True) for message in request.messages]
+        if engine.context_length:
+            self._check_size(engine, sum(len(json.dumps(m)) for m in messages), "messages")
+        fields = request.model_dump(
+            include={"tools", "tool_choice", "response_format", "reasoning_effort", "chat_template_kwargs"},
+            exclude_none=True,
+            by_alias=True,
+        )
+        if request.tools:
+            fields["parallel_tool_calls"] = request.parallel_tool_calls
+        if request.logprobs:
+            fields["logprobs"] = True
+            if request.top_logprobs is not None:
+                fields["top_logprobs"] = request.top_logprobs
+        remote = RemoteChat(pool, "chat/completions", {"messages": messages, **fields})
+        remote.keys = conversation_keys(messages)
+        return self.bind(
+            model_id,
+            engine,
+            Prompt([], ""),
+            request,
+            logprobs=(request.top_logprobs or 0) if request.logprobs else None,
+            admit=admit,
+            remote=remote,
         )
 
     def _default_limit(self, room: int) -> int:
@@ -463,7 +515,8 @@ class ChatService:
         ticket = hold.ticket
         cancels = [threading.Event() for _ in range(chat.n)]
         results: list[RunResult] = [RunResult() for _ in range(chat.n)]
-        relay: Relay[ChoiceEvent] = Relay(run_choices(chat, cancels), cancels)
+        source = chat.remote.choices(chat) if chat.remote is not None else run_choices(chat, cancels)
+        relay: Relay[ChoiceEvent] = Relay(source, cancels)
         ended = False  # the generation ended on its own or with an engine error (not an abort)
         generating = False
         try:

@@ -28,6 +28,7 @@ from ai_stack.engines.base import (
 from ai_stack.serving.parsers import OutputParser, ParsedDelta
 
 if TYPE_CHECKING:
+    from ai_stack.fleet.chat import RemoteChat
     from ai_stack.serving.admission import Hold
 
 
@@ -128,6 +129,7 @@ class RunResult:
     reasoning_tokens: int = 0
     stop_sequence: str | None = None  # the stop sequence that ended the text, when one did
     cached_tokens: int = 0  # prompt tokens served from the prefix cache
+    prompt_tokens: int | None = None  # the prompt's tokens as a remote model's upstream counted them
 
 
 @dataclass
@@ -286,6 +288,14 @@ class PreparedChat:
     tool_schemas: dict[str, dict[str, Any] | None] | None = None  # each offered tool's parameters
     # Its place in the model's queue (ai_stack/serving/admission.py), taken when it was prepared.
     admission: Hold | None = field(default=None, repr=False, compare=False)
+    # A remote model's request: an upstream runs it (fleet/chat.py); its prompt is not rendered here.
+    remote: RemoteChat | None = field(default=None, repr=False, compare=False)
+
+    def prompt_tokens(self, result: RunResult | None = None) -> int:
+        """The prompt's tokens: the rendered prompt's, or those a remote model's upstream counted."""
+        if result is not None and result.prompt_tokens is not None:
+            return result.prompt_tokens
+        return len(self.prompt.token_ids)
 
     def parser(self) -> OutputParser | None:
         """A fresh output parser for one choice, or None when the text is all content."""

@@ -20,12 +20,13 @@ from starlette.routing import BaseRoute, Route
 
 from ai_stack.engines.base import ChatEngine, TokenLogprob
 from ai_stack.errors import APIError, ContextLengthExceeded, InvalidRequest, llama_body, stream_error_body
+from ai_stack.fleet.engine import RemoteEngine
 from ai_stack.fleet.proxy import forward, remote_engine
 from ai_stack.json_body import load_json
 from ai_stack.protocol import SamplingRequest
 from ai_stack.registry import ModelRegistry
 from ai_stack.routes import disconnect_waiter, parse_body
-from ai_stack.serving.chat import ChatService, ChoiceText, ClientDisconnected, refuse_remote, usage_of
+from ai_stack.serving.chat import ChatService, ChoiceText, ClientDisconnected, usage_of
 from ai_stack.serving.fim import fim_prompt, stop_at_fim_ends, suffix_stop
 from ai_stack.serving.generation import PreparedChat, RunResult
 
@@ -365,9 +366,19 @@ async def _prepare_infill(service: ChatService, body: InfillRequest) -> Prepared
     """The FIM prompt with as much of input_extra as fits the context (oldest chunks dropped first)."""
     await service.registry.wait_ready(body.model, "chat")
     entry, engine = service.registry.chat_engine(body.model)
-    refuse_remote(entry.spec)
     extra = [(chunk.filename, chunk.text) for chunk in body.input_extra]
     stops = _with_suffix_stop(body.stop, body.input_suffix)
+    if isinstance(engine, RemoteEngine):  # the upstream writes the FIM prompt from prompt and suffix
+        if extra or body.prompt:
+            raise InvalidRequest(
+                f"The model '{entry.spec.id}' is served by remote upstreams, which take a prefix and a "
+                "suffix (/v1/completions): input_extra and prompt need the model's own FIM tokens here",
+                param="input_extra" if extra else "prompt",
+                code="unsupported_for_remote_model",
+            )
+        return await service.prepare_raw(
+            body, body.input_prefix, stops=stops, param="input_prefix", suffix=body.input_suffix
+        )
     while True:
         prompt = fim_prompt(engine, body.input_prefix, body.input_suffix, extra, param="input_suffix")
         try:
@@ -385,7 +396,7 @@ def _llama_final(chat: PreparedChat, text: ChoiceText, n_probs: int) -> dict[str
         "stop": True,
         "model": chat.model_id,
         "tokens_predicted": text.result.completion_tokens,
-        "tokens_evaluated": len(chat.prompt.token_ids),
+        "tokens_evaluated": chat.prompt_tokens(text.result),
         "truncated": False,
         # A stop string also reads "eos": the pipeline reports both as "stop".
         "stop_type": "limit" if text.finish_reason == "length" else "eos",

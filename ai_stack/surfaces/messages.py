@@ -21,6 +21,8 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import BaseRoute, Route
 
 from ai_stack.errors import APIError, InvalidRequest, anthropic_body
+from ai_stack.fleet.proxy import forward, remote_engine
+from ai_stack.json_body import load_json
 from ai_stack.protocol import ChatCompletionRequest
 from ai_stack.routes import disconnect_waiter, parse_body
 from ai_stack.serving.chat import ChatService, ClientDisconnected
@@ -409,9 +411,10 @@ def _anthropic_param(loc: list[str], tool_indexes: list[int]) -> str:
 
 def _usage(chat: PreparedChat, result: RunResult) -> dict[str, int]:
     # Anthropic counts the prompt tokens read from the (prefix) cache apart from input_tokens.
-    cached = min(result.cached_tokens, len(chat.prompt.token_ids))
+    prompt = chat.prompt_tokens(result)
+    cached = min(result.cached_tokens, prompt)
     return {
-        "input_tokens": len(chat.prompt.token_ids) - cached,
+        "input_tokens": prompt - cached,
         "output_tokens": result.completion_tokens,
         "cache_creation_input_tokens": 0,
         "cache_read_input_tokens": cached,
@@ -602,6 +605,10 @@ async def create_message(request: Request) -> Response:
 async def count_tokens(request: Request) -> Response:
     """POST /v1/messages/count_tokens: the prompt's tokens as the model's template renders it."""
     body = await parse_body(request, CountTokensRequest)
+    remote = await remote_engine(request.app.state.registry, body.model, "chat")
+    if remote is not None:  # no tokenizer here: the upstream counts (an ai-stack node serves this route)
+        raw = load_json(await request.body(), request.app.state.config.server.max_json_depth)
+        return await forward(request, *remote, "messages/count_tokens", raw, rewrite=False)
     service: ChatService = request.app.state.chat
     chat = await service.prepare(chat_request(body), admit=False)  # counted, never generated
     return JSONResponse({"input_tokens": len(chat.prompt.token_ids)})

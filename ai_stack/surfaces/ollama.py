@@ -26,10 +26,11 @@ from starlette.routing import BaseRoute, Route
 
 from ai_stack.engines.base import ChatEngine, TokenLogprob
 from ai_stack.errors import ContextLengthExceeded, InvalidRequest, ModelNotFound, stream_error_body
+from ai_stack.fleet.engine import RemoteEngine
 from ai_stack.protocol import ChatCompletionRequest, SamplingRequest
 from ai_stack.registry import ModelEntry, ModelRegistry, ModelState
 from ai_stack.routes import disconnect_waiter, parse_body
-from ai_stack.serving.chat import ChatService, ClientDisconnected, unless_disconnected
+from ai_stack.serving.chat import UNKNOWN_CONTEXT, ChatService, ClientDisconnected, unless_disconnected
 from ai_stack.serving.fim import fim_family, fim_prompt, fim_stops, stop_at_fim_ends
 from ai_stack.serving.generation import PreparedChat, RunResult
 from ai_stack.serving.parsers import ToolCall, detect_reasoning, detect_tool_format
@@ -413,6 +414,7 @@ async def _parts(service: ChatService, chat: PreparedChat, run: Run) -> AsyncIte
         await events.aclose()  # type: ignore[attr-defined]
         if run.keep_alive is not None:
             service.registry.keep_alive(chat.model_id, run.keep_alive)
+    run.prompt_tokens = chat.prompt_tokens(run.result)  # a remote model's upstream counts it at the end
     run.end = time.perf_counter_ns()
 
 
@@ -547,7 +549,9 @@ def _fit(chat: PreparedChat, options: OllamaOptions | None) -> PreparedChat:
     options = options or OllamaOptions()
     used, limit = len(chat.prompt.token_ids), chat.params.max_tokens
     if options.num_predict is not None and options.num_predict > 0:
-        limit = chat.engine.context_length - used  # num_predict replaces the server's default_max_tokens
+        limit = (
+            chat.engine.context_length or UNKNOWN_CONTEXT
+        ) - used  # num_predict replaces the server's default_max_tokens
     if options.num_ctx is not None:
         if used >= options.num_ctx:
             raise ContextLengthExceeded(
@@ -564,7 +568,7 @@ def _fit(chat: PreparedChat, options: OllamaOptions | None) -> PreparedChat:
 
 def _check_think(body: OllamaRequest, entry: ModelEntry, engine: ChatEngine) -> str | None:
     """reasoning_effort for `think`; thinking asked of a model that cannot is a 400, as in Ollama."""
-    if body.think and not detect_reasoning(engine.chat_template):
+    if body.think and not isinstance(engine, RemoteEngine) and not detect_reasoning(engine.chat_template):
         raise InvalidRequest(f"'{entry.spec.id}' does not support thinking", param="think")
     if body.think is False:
         return "none"
@@ -646,7 +650,12 @@ async def chat(request: Request) -> Response:
     if isinstance(state, Response):
         return state
     entry, engine, run = state
-    if body.tools and detect_tool_format(engine.chat_template) is None:
+    # A remote model's upstream renders the tools (or answers its own 4xx).
+    if (
+        body.tools
+        and not isinstance(engine, RemoteEngine)
+        and detect_tool_format(engine.chat_template) is None
+    ):
         raise InvalidRequest(f"'{entry.spec.id}' does not support tools", param="tools")
     data.update(model=entry.spec.id, reasoning_effort=_check_think(body, entry, engine))
     completion = _validated(ChatCompletionRequest, {k: v for k, v in data.items() if v is not None})
@@ -667,6 +676,8 @@ async def _prepare_generate(
     if body.suffix or body.raw:
         raw = _validated(SamplingRequest, sampling)
         logprobs = (body.top_logprobs or 0) if body.logprobs else None
+        if isinstance(engine, RemoteEngine):  # the upstream writes the FIM prompt (its /v1/completions)
+            return await service.prepare_raw(raw, body.prompt or "", logprobs=logprobs, suffix=body.suffix)
         if body.suffix:
             text = fim_prompt(engine, body.prompt or "", body.suffix)
             stops = [*(raw.stop or []), *fim_stops(engine)]
