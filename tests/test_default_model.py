@@ -72,6 +72,26 @@ def test_streamed_answer_equals_full_answer_and_usage_is_right(client: openai.Op
     assert full.usage.total_tokens == full.usage.prompt_tokens + full.usage.completion_tokens
 
 
+def test_continue_final_message_goes_on_from_a_cut_answer(client: openai.OpenAI) -> None:
+    cut = "The capital of France is"
+    messages = [*FRANCE, {"role": "assistant", "content": cut}]
+    completion = client.chat.completions.create(
+        model=MODEL,
+        messages=messages,  # type: ignore[arg-type]
+        temperature=0,
+        max_tokens=8,
+        extra_body={"continue_final_message": True},
+    )
+    text = completion.choices[0].message.content or ""
+    assert "Paris" in text and not text.lstrip().startswith(cut), text  # it goes on, it does not start over
+    with pytest.raises(openai.BadRequestError, match="continue_final_message"):
+        client.chat.completions.create(
+            model=MODEL,
+            messages=FRANCE,
+            extra_body={"continue_final_message": True},  # type: ignore[arg-type]
+        )
+
+
 def test_max_tokens_gives_length(client: openai.OpenAI) -> None:
     messages = [{"role": "user", "content": "Write a long poem about the sea."}]
     completion = client.chat.completions.create(model=MODEL, messages=messages, max_tokens=5)  # type: ignore[arg-type]

@@ -42,6 +42,12 @@ def test_engine_renders_the_models_template_and_generates(tiny_dirs: dict[str, P
     expected = tokenizer.apply_chat_template(MESSAGES, add_generation_prompt=True, tokenize=False)
     assert prompt.text == expected
     assert prompt.token_ids == tokenizer(expected, add_special_tokens=False)["input_ids"]
+    # continue_final_message: the last assistant message is left open, no new turn is started.
+    partial = [*MESSAGES, {"role": "assistant", "content": "The capital of France is"}]
+    going_on = engine.render(partial, {"continue_final_message": True})
+    assert going_on.text.endswith("The capital of France is")
+    open_turn = tokenizer.apply_chat_template(partial, continue_final_message=True, tokenize=False)
+    assert going_on.text == open_turn
     pieces: list[Piece] = []
     params = SamplingParams(max_tokens=8, temperature=0.0)
     result = engine.generate(prompt, params, threading.Event(), pieces.append)

@@ -93,7 +93,8 @@ def test_continue_a_cut_answer(chat_page: ChatPage) -> None:
     longer = (answer.locator(".message-body").text_content() or "").strip()
     assert longer.startswith(cut) and len(longer) > len(cut)
     expect(chat_page.answers()).to_have_count(1)  # the same answer grew
-    sent = chat_page.chat_bodies()[-1]["messages"]
-    assert sent[-2] == {"role": "assistant", "content": cut}
-    assert sent[-1]["role"] == "user" and sent[-1]["content"].startswith("Continue exactly where")
+    body = chat_page.chat_bodies()[-1]
+    # The cut answer is the last message, left open (continue_final_message): the model goes on from it.
+    assert body["messages"][-1] == {"role": "assistant", "content": cut}
+    assert body["continue_final_message"] is True
     chat_page.assert_console_clean()

@@ -41,8 +41,10 @@ class FakeChatEngine:
         self._lock = threading.Lock()
 
     def render(self, messages: list[dict[str, Any]], template_kwargs: dict[str, Any]) -> Prompt:
-        """Render 'role: content' lines and split them into word tokens."""
+        """Render 'role: content' lines and split them into word tokens (the last one left open to go on)."""
         text = "".join(f"{m['role']}: {m.get('content') or ''}\n" for m in messages) + "assistant:"
+        if template_kwargs.get("continue_final_message"):
+            text = text.removesuffix("\nassistant:")
         last_user = next((m.get("content") or "" for m in reversed(messages) if m["role"] == "user"), "")
         return Prompt(
             token_ids=list(range(len(fake_tokens(text)))), text=text, extra={"last_user": last_user}

@@ -89,9 +89,15 @@ class HFTextMixin:
             raise ValueError("this model has no chat template; it cannot serve chat completions")
         kwargs = dict(template_kwargs)
         tools = kwargs.pop("tools", None)
+        go_on = bool(kwargs.pop("continue_final_message", False))  # the last assistant message stays open
         try:
             text = self.tokenizer.apply_chat_template(
-                messages, tools=tools, add_generation_prompt=True, tokenize=False, **kwargs
+                messages,
+                tools=tools,
+                add_generation_prompt=not go_on,
+                continue_final_message=go_on,
+                tokenize=False,
+                **kwargs,
             )
         except Exception as exc:  # jinja2 raises TemplateError (or its own exception) for refused messages
             raise ValueError(f"the model's chat template refused these messages: {exc}") from None

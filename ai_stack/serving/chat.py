@@ -270,6 +270,8 @@ class ChatService:
         template = engine.chat_template
         template_kwargs = dict(request.chat_template_kwargs or {})
         self._check_template_kwargs(template_kwargs)
+        if request.continue_final_message:
+            template_kwargs["continue_final_message"] = True
         if request.reasoning_effort == "none":
             template_kwargs["enable_thinking"] = False
         choice = request.tool_choice or "auto"
@@ -468,12 +470,21 @@ class ChatService:
         if engine.context_length:
             self._check_size(engine, sum(len(json.dumps(m)) for m in messages), "messages")
         fields = request.model_dump(
-            include={"tools", "tool_choice", "response_format", "reasoning_effort", "chat_template_kwargs"},
+            include={
+                "tools",
+                "tool_choice",
+                "response_format",
+                "reasoning_effort",
+                "chat_template_kwargs",
+            },
             exclude_none=True,
             by_alias=True,
         )
         if request.tools:
             fields["parallel_tool_calls"] = request.parallel_tool_calls
+        if request.continue_final_message:  # vLLM's and ai-stack's extension
+            fields["continue_final_message"] = True
+            fields["add_generation_prompt"] = False  # vLLM wants both
         if request.logprobs:
             fields["logprobs"] = True
             if request.top_logprobs is not None:

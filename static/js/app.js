@@ -260,8 +260,6 @@ async function sendMessage() {
 
 // ---------------------------------------------------------------- versions: edit, regenerate, continue
 
-const CONTINUE_PROMPT = "Continue exactly where your last answer stopped, without repeating any of it.";
-
 /** Show version `k` of a message and the conversation that followed it. */
 function flipVersion(chat, message, k) {
   if (state.generations.has(chat.id) || !showVersion(chat, message, k)) return;
@@ -354,8 +352,9 @@ async function answer(chat, model, { reply: existing = null, continuing = false 
   hideBanner();
   const body = { model, messages: requestMessages(chat, existing ?? undefined) };
   if (continuing) {
-    // The OpenAI API has no "continue": the cut answer goes back as history, with a request to go on.
-    body.messages.push({ role: "assistant", content: existing.content }, { role: "user", content: CONTINUE_PROMPT });
+    // The cut answer goes back as the last message, left open: the model goes on from its last token.
+    body.messages.push({ role: "assistant", content: existing.content });
+    body.continue_final_message = true;
   }
   const temperature = state.settings.temperature;
   const maxTokens = state.settings.maxTokens;
