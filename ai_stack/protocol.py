@@ -8,20 +8,20 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 
-class _Lenient(BaseModel):
-    """A request model that ignores fields it does not know, as OpenAI-compatible servers must."""
+class Lenient(BaseModel):
+    """A request model that ignores fields it does not know, as OpenAI-compatible (and peer) servers must."""
 
     model_config = ConfigDict(extra="ignore")
 
 
-class ContentPart(_Lenient):
+class ContentPart(Lenient):
     """One part of a message's content list."""
 
     type: str
     text: str | None = None
 
 
-class ChatMessage(_Lenient):
+class ChatMessage(Lenient):
     """One message of the conversation."""
 
     role: Literal["system", "developer", "user", "assistant", "tool"]
@@ -46,7 +46,7 @@ class ChatMessage(_Lenient):
         return "".join(pieces)
 
 
-class FunctionDefinition(_Lenient):
+class FunctionDefinition(Lenient):
     """A function the model may call."""
 
     name: str
@@ -62,27 +62,27 @@ class FunctionDefinition(_Lenient):
         return value
 
 
-class Tool(_Lenient):
+class Tool(Lenient):
     """One entry of `tools`."""
 
     type: Literal["function"]
     function: FunctionDefinition
 
 
-class NamedFunction(_Lenient):
+class NamedFunction(Lenient):
     """The function named by a tool_choice object."""
 
     name: str
 
 
-class NamedToolChoice(_Lenient):
+class NamedToolChoice(Lenient):
     """tool_choice {"type": "function", "function": {"name": ...}}."""
 
     type: Literal["function"]
     function: NamedFunction
 
 
-class JSONSchemaFormat(_Lenient):
+class JSONSchemaFormat(Lenient):
     """response_format.json_schema."""
 
     name: str = "response"
@@ -91,7 +91,7 @@ class JSONSchemaFormat(_Lenient):
     strict: bool | None = None
 
 
-class ResponseFormat(_Lenient):
+class ResponseFormat(Lenient):
     """response_format: text, any JSON object, or JSON that follows a schema."""
 
     type: Literal["text", "json_object", "json_schema"]
@@ -104,13 +104,13 @@ class ResponseFormat(_Lenient):
         return self
 
 
-class StreamOptions(_Lenient):
+class StreamOptions(Lenient):
     """stream_options of a streamed request."""
 
     include_usage: bool = False
 
 
-class SamplingRequest(_Lenient):
+class SamplingRequest(Lenient):
     """The fields every generating route shares: model, sampling, limits, stops, n, streaming."""
 
     model: str = Field(min_length=1)
@@ -325,13 +325,13 @@ class ModelList(BaseModel):
 SPEECH_INPUT_LIMIT = 4096  # characters, as OpenAI's /v1/audio/speech
 
 
-class VoiceRef(_Lenient):
+class VoiceRef(Lenient):
     """A voice given as {"id": ...} (OpenAI's custom-voice form)."""
 
     id: str = Field(min_length=1)
 
 
-class SpeechRequest(_Lenient):
+class SpeechRequest(Lenient):
     """POST /v1/audio/speech body (OpenAI "Create speech"); instructions are accepted and ignored."""
 
     model: str = Field(min_length=1)

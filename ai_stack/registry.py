@@ -187,13 +187,16 @@ class ModelRegistry:
         """Whether a request for this model, unloaded, loads it and waits (a budget or its keep_alive)."""
         return self.config.server.load_on_request and (self.budgeted or entry.spec.keep_alive is not None)
 
-    async def wait_ready(self, name: str, kind: str | None = None) -> None:
+    async def wait_ready(self, name: str, kind: str | None = None, *, blocking: bool = False) -> None:
         """For a model that loads on demand: start its load if need be and wait for it (then serve it).
 
-        A model of another kind than the request's is left alone (the engine lookup says why it cannot serve).
+        blocking: any unloaded model loads and is waited for when load_on_request allows (Ollama's clients
+        block on a load; they do not retry a 503). A model of another kind than the request's is left alone
+        (the engine lookup says why it cannot serve).
         """
         entry = self.lookup(name)
-        if not self.loads_on_demand(entry) or (kind is not None and entry.spec.kind != kind):
+        on_demand = self.loads_on_demand(entry) or (blocking and self.config.server.load_on_request)
+        if not on_demand or (kind is not None and entry.spec.kind != kind):
             return
         if entry.state == ModelState.UNLOADED or (entry.state == ModelState.FAILED and entry.retryable):
             self.load(entry.spec.id)

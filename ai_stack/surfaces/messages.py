@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator
 from dataclasses import replace
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import BaseRoute, Route
@@ -23,7 +23,7 @@ from starlette.routing import BaseRoute, Route
 from ai_stack.errors import APIError, InvalidRequest, anthropic_body
 from ai_stack.fleet.proxy import forward, remote_engine
 from ai_stack.json_body import load_json
-from ai_stack.protocol import ChatCompletionRequest
+from ai_stack.protocol import ChatCompletionRequest, Lenient
 from ai_stack.routes import disconnect_waiter, parse_body
 from ai_stack.serving.chat import ChatService, ClientDisconnected
 from ai_stack.serving.generation import ChoiceEvent, PreparedChat, RunResult
@@ -35,32 +35,26 @@ log = logging.getLogger(__name__)
 OMITTED = "[{kind} omitted: this model reads text only]"
 
 
-class _Lenient(BaseModel):
-    """Anthropic's request objects: fields we cannot use (cache_control, citations, ...) are ignored."""
-
-    model_config = ConfigDict(extra="ignore")
-
-
 def _blocks(value: Any) -> Any:
     """A string content is shorthand for one text block."""
     return [{"type": "text", "text": value}] if isinstance(value, str) else value
 
 
-class TextBlock(_Lenient):
+class TextBlock(Lenient):
     """{"type": "text", "text": ...}."""
 
     type: Literal["text"]
     text: str
 
 
-class ImageBlock(_Lenient):
+class ImageBlock(Lenient):
     """An image: the models here read text only, so it becomes a note in the text."""
 
     type: Literal["image"]
     source: dict[str, Any] | None = None
 
 
-class DocumentBlock(_Lenient):
+class DocumentBlock(Lenient):
     """A document: plain-text sources are read as text; others become a note."""
 
     type: Literal["document"]
@@ -80,7 +74,7 @@ class DocumentBlock(_Lenient):
         return OMITTED.format(kind="document")
 
 
-class ToolUseBlock(_Lenient):
+class ToolUseBlock(Lenient):
     """An earlier tool call of the assistant."""
 
     type: Literal["tool_use"]
@@ -92,7 +86,7 @@ class ToolUseBlock(_Lenient):
 ToolResultPart = Annotated[TextBlock | ImageBlock | DocumentBlock, Field(discriminator="type")]
 
 
-class ToolResultBlock(_Lenient):
+class ToolResultBlock(Lenient):
     """A tool's answer, sent back in a user message."""
 
     type: Literal["tool_result"]
@@ -111,7 +105,7 @@ class ToolResultBlock(_Lenient):
         return f"Error: {text}" if self.is_error else text
 
 
-class ThinkingBlock(_Lenient):
+class ThinkingBlock(Lenient):
     """An earlier answer's reasoning; its signature is accepted as it is and not checked."""
 
     type: Literal["thinking"]
@@ -119,7 +113,7 @@ class ThinkingBlock(_Lenient):
     signature: str | None = None
 
 
-class RedactedThinkingBlock(_Lenient):
+class RedactedThinkingBlock(Lenient):
     """Opaque reasoning of another server: nothing here can read it, so it is left out."""
 
     type: Literal["redacted_thinking"]
@@ -146,7 +140,7 @@ def _part_text(part: TextBlock | ImageBlock | DocumentBlock) -> str:
     return part.text()
 
 
-class InputMessage(_Lenient):
+class InputMessage(Lenient):
     """One message of `messages`: a user or assistant turn (or, as recent SDKs allow, a system one)."""
 
     role: Literal["user", "assistant", "system"]
@@ -170,7 +164,7 @@ class InputMessage(_Lenient):
         return self
 
 
-class ToolDefinition(_Lenient):
+class ToolDefinition(Lenient):
     """A client tool (name, description, input_schema); server tools (other `type`s) cannot run here."""
 
     type: str | None = None
@@ -190,21 +184,21 @@ class ToolDefinition(_Lenient):
         return self
 
 
-class ToolChoiceAuto(_Lenient):
+class ToolChoiceAuto(Lenient):
     """The model decides whether to call tools."""
 
     type: Literal["auto"]
     disable_parallel_tool_use: bool = False
 
 
-class ToolChoiceAny(_Lenient):
+class ToolChoiceAny(Lenient):
     """The model must call one of the tools."""
 
     type: Literal["any"]
     disable_parallel_tool_use: bool = False
 
 
-class ToolChoiceTool(_Lenient):
+class ToolChoiceTool(Lenient):
     """The model must call the named tool."""
 
     type: Literal["tool"]
@@ -212,7 +206,7 @@ class ToolChoiceTool(_Lenient):
     disable_parallel_tool_use: bool = False
 
 
-class ToolChoiceNone(_Lenient):
+class ToolChoiceNone(Lenient):
     """The model may not call tools (they are left out of the prompt)."""
 
     type: Literal["none"]
@@ -224,7 +218,7 @@ ToolChoice = Annotated[
 ]
 
 
-class ThinkingConfig(_Lenient):
+class ThinkingConfig(Lenient):
     """thinking: the model's thinking switch; budget_tokens is accepted and not enforced."""
 
     type: Literal["enabled", "disabled", "adaptive", "between_tools"]
@@ -232,27 +226,27 @@ class ThinkingConfig(_Lenient):
     display: Literal["summarized", "omitted"] | None = None
 
 
-class OutputFormat(_Lenient):
+class OutputFormat(Lenient):
     """output_config.format: JSON that follows a schema, enforced by constrained decoding."""
 
     type: Literal["json_schema"]
     schema_: dict[str, Any] = Field(alias="schema")
 
 
-class OutputConfig(_Lenient):
+class OutputConfig(Lenient):
     """output_config: the output format and the effort (which only passes through as reasoning_effort)."""
 
     effort: Literal["low", "medium", "high", "xhigh", "max"] | None = None
     format: OutputFormat | None = None
 
 
-class Metadata(_Lenient):
+class Metadata(Lenient):
     """metadata: the user id is passed on as OpenAI's `user`."""
 
     user_id: str | None = None
 
 
-class CountTokensRequest(_Lenient):
+class CountTokensRequest(Lenient):
     """POST /v1/messages/count_tokens body (a create request without max_tokens)."""
 
     model: str = Field(min_length=1)

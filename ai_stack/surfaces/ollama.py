@@ -8,7 +8,6 @@ send them: `ID`, `ID:latest`, an alias or `alias:latest`. Errors are `{"error": 
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import hashlib
 import json
@@ -19,7 +18,7 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any, Literal, TypeVar, cast
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, Field, ValidationError
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import BaseRoute, Route
@@ -27,7 +26,7 @@ from starlette.routing import BaseRoute, Route
 from ai_stack.engines.base import ChatEngine, TokenLogprob
 from ai_stack.errors import ContextLengthExceeded, InvalidRequest, ModelNotFound, stream_error_body
 from ai_stack.fleet.engine import RemoteEngine
-from ai_stack.protocol import ChatCompletionRequest, SamplingRequest
+from ai_stack.protocol import ChatCompletionRequest, Lenient, SamplingRequest
 from ai_stack.registry import ModelEntry, ModelRegistry, ModelState
 from ai_stack.routes import disconnect_waiter, parse_body
 from ai_stack.serving.chat import UNKNOWN_CONTEXT, ChatService, ClientDisconnected, unless_disconnected
@@ -37,8 +36,6 @@ from ai_stack.serving.parsers import ToolCall, detect_reasoning, detect_tool_for
 
 # The Ollama release whose API shapes these routes follow (what /api/version reports).
 OLLAMA_VERSION = "0.12.0"
-# A request for a model that is loading waits this long for it (Ollama clients block; they do not retry).
-LOAD_WAIT_SECONDS = 600.0
 # expires_at of a model that stays loaded until it is unloaded.
 NEVER = "9999-12-31T23:59:59Z"
 # A keep_alive longer than this (about 31 years) is forever.
@@ -51,11 +48,7 @@ _DURATION = re.compile(rf"(?:{_DURATION_PART.pattern})+")
 M = TypeVar("M", bound=BaseModel)
 
 
-class _Lenient(BaseModel):
-    model_config = ConfigDict(extra="ignore")
-
-
-class OllamaOptions(_Lenient):
+class OllamaOptions(Lenient):
     """`options` of a request; the ones not listed (mirostat, num_gpu, num_thread, ...) are ignored."""
 
     temperature: float | None = None
@@ -71,21 +64,21 @@ class OllamaOptions(_Lenient):
     frequency_penalty: float | None = None
 
 
-class OllamaFunctionCall(_Lenient):
+class OllamaFunctionCall(Lenient):
     """The function of an earlier tool call: its name and arguments (an object)."""
 
     name: str
     arguments: dict[str, Any] | str = Field(default_factory=dict)
 
 
-class OllamaToolCall(_Lenient):
+class OllamaToolCall(Lenient):
     """One tool call of an earlier assistant message."""
 
     id: str | None = None
     function: OllamaFunctionCall
 
 
-class OllamaMessage(_Lenient):
+class OllamaMessage(Lenient):
     """One message of /api/chat."""
 
     role: Literal["system", "user", "assistant", "tool"]
@@ -97,7 +90,7 @@ class OllamaMessage(_Lenient):
     tool_call_id: str | None = None
 
 
-class OllamaRequest(_Lenient):
+class OllamaRequest(Lenient):
     """The fields /api/chat and /api/generate share."""
 
     model: str = Field(min_length=1)
@@ -129,7 +122,7 @@ class OllamaGenerateRequest(OllamaRequest):
     context: list[int] | None = None
 
 
-class ModelName(_Lenient):
+class ModelName(Lenient):
     """The body of /api/show, /api/pull, /api/push, /api/delete: a model name (`name` in older clients)."""
 
     model: str | None = None
@@ -221,11 +214,7 @@ def resolve(registry: ModelRegistry, name: str) -> ModelEntry:
 async def _ready(registry: ModelRegistry, entry: ModelEntry) -> tuple[ChatEngine, int]:
     """The model's chat engine, loading it first if need be (as Ollama does); and the load wait in ns."""
     started = time.perf_counter_ns()
-    if entry.spec.kind == "chat":
-        if entry.state == ModelState.UNLOADED and registry.config.server.load_on_request:
-            registry.load(entry.spec.id)
-        if entry.state == ModelState.LOADING and entry.task is not None:
-            await asyncio.wait({entry.task}, timeout=LOAD_WAIT_SECONDS)
+    await registry.wait_ready(entry.spec.id, "chat", blocking=True)
     _, engine = registry.chat_engine(entry.spec.id)  # the reason it cannot serve, if it cannot
     return engine, time.perf_counter_ns() - started
 
