@@ -346,6 +346,18 @@ def run_prefix_cache(run: Run) -> dict[str, Any]:
     return result
 
 
+def _openwebui_table(title: str, arms: dict[str, dict[str, Any]]) -> list[str]:
+    """The Markdown table of an Open WebUI pattern's steps per arm."""
+    lines = [title, "", "| arm | turn 1 | title | turn 2 | turn 2 cached tokens |", "|---|---|---|---|---|"]
+    for arm, steps in arms.items():
+        first, title_step, second = steps["turn 1"], steps["title"], steps["turn 2"]
+        lines.append(
+            f"| {arm} | {first['ttft_s']:.2f} ({first['prompt_tokens']} tok) | {title_step['ttft_s']:.2f} | "
+            f"{second['ttft_s']:.2f} ({second['prompt_tokens']} tok) | {second.get('cached_tokens', '-')} |"
+        )
+    return [*lines, ""]
+
+
 def report_lines(section: dict[str, Any]) -> list[str]:
     """The Markdown of the section's results."""
     lines: list[str] = []
@@ -372,30 +384,14 @@ def report_lines(section: dict[str, Any]) -> list[str]:
         ]
     web = section.get("openwebui", {})
     if "steps" in web:
-        lines += ["Open WebUI pattern (36 tools), time to first token (s):", ""]
-        lines += ["| arm | turn 1 | title | turn 2 | turn 2 cached tokens |", "|---|---|---|---|---|"]
-        for arm, steps in web["steps"].items():
-            lines.append(
-                f"| {arm} | {steps['turn 1']['ttft_s']:.2f} ({steps['turn 1']['prompt_tokens']} tok) | "
-                f"{steps['title']['ttft_s']:.2f} | {steps['turn 2']['ttft_s']:.2f} | "
-                f"{steps['turn 2'].get('cached_tokens', '-')} |"
-            )
-        lines.append("")
+        lines += _openwebui_table("Open WebUI pattern (36 tools), time to first token (s):", web["steps"])
     answered = section.get("openwebui_answered", {})
     if "steps" in answered:
-        lines += [
+        title = (
             "Open WebUI pattern, the model's own answer to turn 1 (48 tokens) in turn 2's history, time to "
-            "first token (s):",
-            "",
-        ]
-        lines += ["| arm | turn 1 | title | turn 2 | turn 2 cached tokens |", "|---|---|---|---|---|"]
-        for arm, steps in answered["steps"].items():
-            lines.append(
-                f"| {arm} | {steps['turn 1']['ttft_s']:.2f} ({steps['turn 1']['prompt_tokens']} tok) | "
-                f"{steps['title']['ttft_s']:.2f} | {steps['turn 2']['ttft_s']:.2f} "
-                f"({steps['turn 2']['prompt_tokens']} tok) | {steps['turn 2'].get('cached_tokens', '-')} |"
-            )
-        lines.append("")
+            "first token (s):"
+        )
+        lines += _openwebui_table(title, answered["steps"])
     shared = section.get("shared_system", {})
     if ON in shared:
         lines += ["8 clients, one system prompt, two rounds at once: mean time to first token (s):", ""]
