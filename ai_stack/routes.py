@@ -204,11 +204,12 @@ def without_paths(text: str | None) -> str | None:
 async def audio_speech(request: Request) -> Response:
     """POST /v1/audio/speech: one continuous audio file streamed as it is made, or SSE deltas."""
     body = await parse_body(request, SpeechRequest)
-    remote = await remote_engine(_registry(request), body.model, "speech")
+    service: SpeechService = request.app.state.speech
+    name = service.route(body.model, body.voice_id)  # tts-1 with another model's voice: that model
+    remote = await remote_engine(_registry(request), name, "speech")
     if remote is not None:
         return await forward(request, *remote, "audio/speech", await _json_object(request), rewrite=False)
-    service: SpeechService = request.app.state.speech
-    await _registry(request).wait_ready(service.route(body.model, body.voice_id), "speech")
+    await _registry(request).wait_ready(name, "speech")
     speech = service.prepare(body)
     content = await service.start(speech)
     headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}

@@ -181,6 +181,15 @@ class Fleet:
             remote("tts", "fake-tts", both, kind="speech"),
             # One request runs at the gateway and one waits there: the bounds of a remote model's queue.
             {**remote("bounded", "fake-slow", [self.a], max_concurrency=1), "max_queue": 1},
+            # A local voice answering OpenAI's generic name: tts-1 with a remote model's voice goes there.
+            {
+                "id": "local-tts",
+                "aliases": ["tts-1"],
+                "kind": "speech",
+                "engine": "fake-speech",
+                "source": "fake:",
+                "options": {"voices": ["local-a"]},
+            },
         ]
         self.gateway = Node(folder, "gateway", toml_config(models))
 
@@ -289,6 +298,20 @@ def test_speech_bytes_and_events_equal_direct(fleet: Fleet) -> None:
     direct = httpx.post(f"{fleet.b.url}/v1/audio/speech", json={**body, "model": "fake-tts"}, timeout=30)
     assert events == [line for line in direct.text.splitlines() if line.startswith("data: ")]
     assert json.loads(events[-1][6:])["type"] == "speech.audio.done"
+
+
+def test_a_remote_speech_model_lists_its_upstreams_voices(fleet: Fleet) -> None:
+    listed = httpx.get(f"{fleet.gateway.url}/v1/audio/voices", params={"model": "tts"}, timeout=10).json()
+    assert {(v["id"], v["model"]) for v in listed["voices"]} == {("fake-a", "tts"), ("fake-b", "tts")}
+    direct = httpx.get(f"{fleet.a.url}/v1/audio/voices", params={"model": "fake-tts"}, timeout=10).json()
+    assert {v["id"] for v in direct["voices"]} == {v["id"] for v in listed["voices"]}
+    # A client that can only send tts-1 reaches the remote model's voices too (and the local one's).
+    ask: dict[str, Any] = {"input": "Hello there.", "response_format": "wav"}
+    generic = client(fleet.gateway.url).audio.speech.create(model="tts-1", voice="fake-b", **ask)
+    alone = client(fleet.a.url).audio.speech.create(model="fake-tts", voice="fake-b", **ask)
+    assert generic.content == alone.content
+    local = client(fleet.gateway.url).audio.speech.create(model="tts-1", voice="local-a", **ask)
+    assert local.content[:4] == b"RIFF" and local.content != alone.content
 
 
 def test_gateway_validation_and_upstream_errors_in_openai_shape(fleet: Fleet) -> None:
@@ -590,7 +613,9 @@ def test_drain_keeps_streams_in_flight_and_sends_new_requests_elsewhere(fleet: F
 
 
 def test_metrics_per_upstream(fleet: Fleet) -> None:
-    client(fleet.gateway.url).chat.completions.create(model="chat", messages=MESSAGES)
+    for turn in range(2):  # two conversations: one on each replica (least picked first)
+        question = [{"role": "user", "content": f"metrics {turn}"}]
+        client(fleet.gateway.url).chat.completions.create(model="chat", messages=question)
     gateway = fleet.gateway
     for node in (fleet.a, fleet.b):
         labels = {"model": "chat", "upstream": f"{node.url}/v1"}
@@ -600,7 +625,7 @@ def test_metrics_per_upstream(fleet: Fleet) -> None:
         assert gateway.metric("ai_stack_upstream_in_flight", **labels) == 0
     ready = httpx.get(f"{gateway.url}/health/ready", timeout=5).json()
     assert ready["status"] == "ok"
-    assert {m["id"]: m["upstreams_healthy"] for m in ready["models"]}["chat"] == 2
+    assert {m["id"]: m.get("upstreams_healthy") for m in ready["models"]}["chat"] == 2
 
 
 def test_killed_upstream_loses_no_unstarted_request_and_comes_back(fleet: Fleet) -> None:

@@ -30,6 +30,8 @@ class RemoteEngine:
     def __init__(self, spec: ModelSpec, options: RemoteOptions, api_key: str | None) -> None:
         self.kind = spec.kind
         self.pool = UpstreamPool(spec.id, options.model or spec.id, options, api_key)
+        if spec.kind == "speech":
+            self.pool.voices = []  # listed by the upstreams' health checks
         # The gateway admits this many requests at once (its admission control), then queues.
         self.parallel = options.max_concurrency * len(options.upstreams)
 
@@ -52,8 +54,8 @@ class RemoteEngine:
         return None
 
     def voices(self) -> list[VoiceInfo]:
-        """The voices are the upstreams' own: requests pass any voice through."""
-        return []
+        """A speech model's voices as its upstreams list them (requests pass any voice through)."""
+        return list(self.pool.voices or [])
 
     async def start(self) -> None:
         """Check the upstreams once and start their health checks (the registry awaits it after the load)."""

@@ -23,6 +23,7 @@ from typing import Any
 
 import httpx
 
+from ai_stack.engines.base import VoiceInfo
 from ai_stack.engines.catalog import RemoteOptions
 from ai_stack.errors import ModelUnavailable
 
@@ -48,6 +49,7 @@ LATENCY_BUCKETS: tuple[float, ...] = (
 # (uvicorn, ai-stack), so the gateway does not reuse a connection the upstream is closing.
 KEEPALIVE_EXPIRY = 4.0
 RETRY_AFTER_SECONDS = 5
+MAX_VOICES = 1000  # a speech model's voices kept from its upstreams' listings
 
 
 @dataclass
@@ -148,6 +150,9 @@ class UpstreamPool:
         self._affinity: OrderedDict[str, Upstream] = OrderedDict()
         self._changed: asyncio.Event | None = None
         self._health: asyncio.Task[None] | None = None
+        # A speech model's voices as its upstreams list them (GET /audio/voices), refreshed by the health
+        # checks; None for a chat model.
+        self.voices: list[VoiceInfo] | None = None
 
     # --- lifecycle ------------------------------------------------------------------------------------------
 
@@ -197,6 +202,37 @@ class UpstreamPool:
             problem = "GET /models did not answer JSON"
         upstream.checked_at = time.time()
         self._set_health(upstream, problem)
+        if problem is None and self.voices is not None:
+            await self._list_voices(upstream)
+
+    async def _list_voices(self, upstream: Upstream) -> None:
+        """A speech model's voices from an upstream's `GET /audio/voices` (ai-stack, Kokoro-FastAPI)."""
+        wait = min(self.options.connect_timeout + 5.0, self.options.read_timeout)
+        try:
+            response = await upstream.client.get(
+                "audio/voices", params={"model": self.upstream_model}, timeout=wait
+            )
+            listed = response.json().get("voices") if response.status_code == 200 else None
+        except (httpx.HTTPError, ValueError, AttributeError):
+            return
+        if not isinstance(listed, list):
+            return
+        voices: dict[str, VoiceInfo] = {}
+        about = f"a voice of {self.upstream_model} on the upstreams"
+        for item in listed[:MAX_VOICES]:
+            if isinstance(item, str):  # Kokoro-FastAPI lists names only
+                voices[item] = VoiceInfo(item, item, "", about)
+            elif isinstance(item, dict) and isinstance(item.get("id"), str):
+                if item.get("model") not in (None, self.upstream_model):
+                    continue  # another model's voice on that node
+                name, language = item.get("name"), item.get("language")
+                voices[item["id"]] = VoiceInfo(
+                    item["id"],
+                    name if isinstance(name, str) else item["id"],
+                    language if isinstance(language, str) else "",
+                    about,
+                )
+        self.voices = list(voices.values())
 
     def _model_problem(self, upstream: Upstream, body: Any) -> str | None:
         """Why a /models listing shows the upstream cannot serve the model now, or None."""
