@@ -205,6 +205,15 @@ DEFAULT_CHAT_MODEL = "qwen2.5-coder-0.5b-instruct"
 @contextmanager
 def served(config: Path, timeout: float = 900.0, all_ready: bool = True) -> Iterator[str]:
     """A real `ai-stack serve` of a config (log: serve.log next to it) once ready; all_ready: all models."""
+    with serve_process(config, timeout, all_ready) as (_, url):
+        yield url
+
+
+@contextmanager
+def serve_process(
+    config: Path, timeout: float = 900.0, all_ready: bool = True
+) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
+    """served(), also yielding the process (to signal or kill it); it is stopped at the end if still alive."""
     port = free_port()
     log_path = config.parent / "serve.log"
     with log_path.open("w") as log:
@@ -229,7 +238,7 @@ def served(config: Path, timeout: float = 900.0, all_ready: bool = True) -> Iter
             if all_ready:
                 models = httpx.get(f"{url}/v1/models").json()["data"]
                 assert all(m["state"] == "ready" for m in models), models
-            yield url
+            yield proc, url
         finally:
             proc.terminate()
             proc.wait(30)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import signal
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -14,7 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import free_port, wait_for
+from tests.conftest import serve_process, wait_for
 
 REPLY = " ".join(f"w{i}" for i in range(2000))
 BODY = {"model": "slow", "messages": [{"role": "user", "content": "talk"}]}
@@ -29,30 +28,8 @@ def server(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[bytes], str, Path]
         '[[models]]\nid = "slow"\nengine = "fake"\nsource = "fake:"\n'
         f'options = {{ reply = "{REPLY}", token_delay = 0.02 }}\n'
     )
-    port = free_port()
-    log = tmp_path / "serve.log"
-    with log.open("w") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "ai_stack", "serve", "--config", str(config), "--port", str(port)],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            assert proc.poll() is None, log.read_text()
-            try:
-                if httpx.get(f"{url}/health/ready", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            time.sleep(0.1)
-        yield proc, url, log
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(10)
+    with serve_process(config, timeout=60) as (proc, url):
+        yield proc, url, tmp_path / "serve.log"
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])

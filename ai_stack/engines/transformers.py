@@ -27,7 +27,7 @@ from ai_stack.engines.base import (
 from ai_stack.engines.catalog import TransformersOptions
 from ai_stack.engines.hf_text import HFTextMixin, eos_ids_of
 from ai_stack.engines.kv_batch import BatchKV
-from ai_stack.engines.prefix_cache import PrefixCache, common_prefix
+from ai_stack.engines.prefix_cache import PrefixCache
 from ai_stack.engines.sampling import GrammarMask
 from ai_stack.engines.torch_device import (
     FOUR_BIT,
@@ -266,16 +266,14 @@ class TransformersChatEngine(HFTextMixin):
         """The first waiting request to start; one whose prompt shares a cache block with a prompt being
         prefilled waits for that prefill to end, to reuse its KV instead of computing it again."""
         cache = self.prefix_cache
+        if cache is None or not self._batchable:
+            return self._waiting.popleft() if self._waiting else None
+        size = cache.block_size
+        # A shared first block is what a shared cache block means (blocks chain from the start).
+        reading = {tuple(p.row.request.prompt.token_ids[:size]) for p in self._prefills}
         for request in self._waiting:
-            tokens = request.prompt.token_ids
-            if (
-                cache is None
-                or not self._batchable
-                or not any(
-                    common_prefix(tokens, p.row.request.prompt.token_ids) >= cache.block_size
-                    for p in self._prefills
-                )
-            ):
+            head = request.prompt.token_ids[:size]
+            if len(head) < size or tuple(head) not in reading:
                 self._waiting.remove(request)
                 return request
         return None
